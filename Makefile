@@ -1,0 +1,103 @@
+# fsdpmerge - merge sharded FSDP checkpoints into a HuggingFace model, with MPI.
+#
+#   make            build bin/fsdpmerge and bin/fsdpsynth
+#   make test       every test (unit, unit under ASan+UBSan, integration, errors)
+#   make example    synthesize a small checkpoint and merge it with mpirun
+#   make help       list the targets
+#
+# Objects go to build/ (normal) and build-asan/ (sanitizers), never shared.
+
+CC       ?= mpicc
+ifeq ($(origin CC),default)
+CC       := mpicc
+endif
+PKGS     := libzip libcjson zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+            -Wvla -Wpointer-arith -Wwrite-strings -Wno-missing-field-initializers
+ifeq ($(WERROR),1)
+WARN     += -Werror
+endif
+CPPFLAGS := -Iinclude -D_GNU_SOURCE $(PKG_CFLAGS)
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 $(WARN) -MMD -MP
+LDLIBS   := $(PKG_LIBS) -lm
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+CPPFLAGS += -DFM_VERSION=\"$(VERSION)\"
+
+Q := $(if $(filter 1,$(V)),,@)
+
+PROG_SRCS := src/main.c src/synth_main.c
+LIB_SRCS  := $(filter-out $(PROG_SRCS),$(wildcard src/*.c))
+UNIT_SRCS := $(wildcard mpi_tests/unit/test_*.c)
+
+LIB_OBJS      := $(LIB_SRCS:src/%.c=build/obj/%.o)
+LIB_OBJS_ASAN := $(LIB_SRCS:src/%.c=build-asan/obj/%.o)
+UNIT_BINS      := $(UNIT_SRCS:mpi_tests/unit/%.c=build/tests/%)
+UNIT_BINS_ASAN := $(UNIT_SRCS:mpi_tests/unit/%.c=build-asan/tests/%)
+
+.PHONY: all test unit unit-asan integration example bench clean help install
+
+## all: build bin/fsdpmerge and bin/fsdpsynth
+all: bin/fsdpmerge bin/fsdpsynth
+
+bin/fsdpmerge: build/obj/main.o $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+bin/fsdpsynth: build/obj/synth_main.o $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+build-asan/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CPPFLAGS) $(filter-out -O2,$(CFLAGS)) $(ASAN_FLAGS) -c -o $@ $<
+
+build/tests/%: mpi_tests/unit/%.c $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS) $(CMOCKA_LIBS)
+
+build-asan/tests/%: mpi_tests/unit/%.c $(LIB_OBJS_ASAN)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CPPFLAGS) $(filter-out -O2,$(CFLAGS)) $(ASAN_FLAGS) -o $@ $< $(LIB_OBJS_ASAN) $(LDLIBS) $(CMOCKA_LIBS)
+
+## unit: build the cmocka unit tests (normal and sanitizer builds)
+unit: $(UNIT_BINS) $(UNIT_BINS_ASAN)
+
+## test: run every test; the last line is "N passed, M failed"
+test: all unit
+	$(Q)bash mpi_tests/run_all.sh
+
+## example: synthesize a small FSDP2 checkpoint and merge it with mpirun -np 4
+example: all
+	$(Q)bash tools/example.sh
+
+## bench: the memory and throughput benchmark (BENCH_DIR for scratch space)
+bench: all
+	$(Q)bash tools/bench.sh
+
+## install: install the binaries under $(PREFIX) (default /usr/local)
+PREFIX ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 bin/fsdpmerge bin/fsdpsynth launch/fsdpmerge-run $(DESTDIR)$(PREFIX)/bin/
+
+## clean: remove build outputs
+clean:
+	rm -rf build build-asan bin
+
+## help: list the targets
+help:
+	@grep -E '^## ' Makefile | sed 's/^## /  /'
+
+-include $(LIB_OBJS:.o=.d) $(LIB_OBJS_ASAN:.o=.d) build/obj/main.d build/obj/synth_main.d
