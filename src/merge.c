@@ -1,0 +1,420 @@
+/* merge.c - the merge command (see merge.h). */
+#include "merge.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "comm.h"
+#include "hfdir.h"
+#include "outdir.h"
+#include "plan.h"
+#include "progress.h"
+#include "ptz.h"
+#include "report.h"
+#include "tindex.h"
+#include "util.h"
+#include "xfer.h"
+
+#define RULE "======================================================================"
+
+typedef struct run {
+    const cli_opts *o;
+    MPI_Comm comm;
+    FILE *out;
+    int me, nprocs, writer;
+    bool talk;              /* rank 0 and not --quiet */
+    ck_layout layout;
+    ptz_file **zips;        /* [W], open for my ranks */
+    ti_index *ix;           /* [W], all ranks after the exchange */
+    char *config;           /* config.json text, NULL when there is none */
+    size_t config_len;
+    hf_config_info cfg;
+    plan pl;
+    od_state od;
+    pg_bar bar;
+    rp_times times;
+    xf_stats xs;
+} run;
+
+static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
+static void say(run *r, const char *fmt, ...)
+{
+    if (!r->talk) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(r->out, fmt, ap);
+    va_end(ap);
+    fflush(r->out);
+}
+
+/* ---- broadcasting small things from one process ---- */
+
+static int bcast_bytes(char **buf, size_t *len, int root, MPI_Comm comm, fm_err *e)
+{
+    int me;
+    MPI_Comm_rank(comm, &me);
+    uint64_t n = me == root ? (*buf ? *len + 1 : 0) : 0;
+    MPI_Bcast(&n, 1, MPI_UINT64_T, root, comm);
+    if (me != root) {
+        *buf = NULL;
+        *len = 0;
+        if (n) {
+            *buf = malloc(n);
+            if (*buf == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        }
+    }
+    if (n > (uint64_t)INT32_MAX) return fm_fail(e, FM_EUNSUPPORTED, "metadata over 2 GiB");
+    if (n) MPI_Bcast(*buf, (int)n, MPI_CHAR, root, comm);
+    if (me != root && n) *len = n - 1;
+    return 0;
+}
+
+static int bcast_str(char **s, int root, MPI_Comm comm, fm_err *e)
+{
+    size_t len = *s ? strlen(*s) : 0;
+    return bcast_bytes(s, &len, root, comm, e);
+}
+
+/* ---- phase 1: discover ---- */
+
+static int discover(run *r, fm_err *e)
+{
+    const cli_opts *o = r->o;
+    if (r->me == 0) ck_discover(o->checkpoint, o->actor_dir, o->world_size, &r->layout, e);
+    if (r->me == 0 && e->code == 0 && r->writer >= r->nprocs)
+        fm_fail(e, FM_EUSAGE, "--writer-rank %d but only %d processes", r->writer, r->nprocs);
+    FM_TRY(comm_agree_all(e, r->comm));
+    int ints[2] = {r->layout.world_size, r->layout.fsdp_version};
+    MPI_Bcast(ints, 2, MPI_INT, 0, r->comm);
+    r->layout.world_size = ints[0];
+    r->layout.fsdp_version = ints[1];
+    FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e));
+    FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
+    if (r->nprocs > r->layout.world_size)
+        return fm_fail(e, FM_EUSAGE, "%d processes for a checkpoint of world size %d: run at most -np %d",
+                       r->nprocs, r->layout.world_size, r->layout.world_size);
+    /* the writer creates the temporary output folder */
+    if (r->me == r->writer) od_prepare(o->output, o->force, &r->od, e);
+    return comm_agree_all(e, r->comm);
+}
+
+static void banner(run *r)
+{
+    const cli_opts *o = r->o;
+    int W = r->layout.world_size;
+    say(r, RULE "\nfsdpmerge %s: FSDP checkpoint -> HuggingFace model\n" RULE "\n", FM_VERSION);
+    say(r, "Checkpoint:    %s\nActor dir:     %s\nOutput:        %s\nDtype:         %s\n", o->checkpoint,
+        r->layout.actor_dir, o->output, o->dtype == DT_INVALID ? "auto (as saved)" : dt_torch_name(o->dtype));
+    say(r, "Processes:     %d%s, writer: process %d, mode: gather\n" RULE "\n", r->nprocs,
+        r->nprocs == W ? " (one per rank)" : "", r->writer);
+    if (r->layout.fsdp_version)
+        say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (fsdp_config.json, FSDP%d)\n\n", W,
+            r->layout.fsdp_version);
+    else
+        say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (file names)\n\n", W);
+}
+
+/* ---- phase 2: open my shards, index them ---- */
+
+static bool has_replicate(const ti_entry *en) { return strstr(en->placements, "Replicate") != NULL; }
+
+static const ti_entry *find_entry(const ti_index *ix, const char *key)
+{
+    for (size_t i = 0; i < ix->n; i++)
+        if (strcmp(ix->entries[i].key, key) == 0) return &ix->entries[i];
+    return NULL;
+}
+
+/* The plan compares some blocks by content: plain tensors across ranks,
+ * replicas, and an lm_head that is not the embedding's storage. */
+static bool needs_crc(const run *r, const ti_index *ix, const ti_entry *en)
+{
+    int W = r->layout.world_size;
+    if (en->kind == TI_PLAIN) return W > 1 && r->o->plain != PLAN_PLAIN_REPLICATED;
+    if (has_replicate(en)) return true;
+    const ti_entry *head = find_entry(ix, "lm_head.weight");
+    if (head == NULL) return false;
+    const ti_entry *emb = find_entry(ix, "model.embed_tokens.weight");
+    bool shared = emb && head->npieces == emb->npieces && head->npieces > 0 &&
+                  strcmp(head->pieces[0].view.storage, emb->pieces[0].view.storage) == 0;
+    if (shared) return false;
+    return en == head || fm_ends_with(en->key, "embed_tokens.weight") || fm_ends_with(en->key, "wte.weight") ||
+           fm_ends_with(en->key, "word_embeddings.weight");
+}
+
+static int hash_pieces(run *r, ti_index *ix, ptz_file *z, fm_err *e)
+{
+    for (size_t i = 0; i < ix->n; i++) {
+        ti_entry *en = &ix->entries[i];
+        if (!needs_crc(r, ix, en)) continue;
+        for (size_t k = 0; k < en->npieces; k++) {
+            FM_TRY(ti_piece_crc(z, &en->pieces[k], &en->pieces[k].crc, e));
+            en->pieces[k].has_crc = true;
+        }
+    }
+    return 0;
+}
+
+static size_t my_rank_count(const run *r)
+{
+    int W = r->layout.world_size;
+    return (size_t)((W - r->me + r->nprocs - 1) / r->nprocs);
+}
+
+static int open_mine(run *r, fm_err *e)
+{
+    int W = r->layout.world_size;
+    size_t mine = my_rank_count(r);
+    size_t rbuf = (size_t)(r->o->buffer_size / 4 / (mine ? mine : 1));
+    rbuf = FM_MIN(FM_MAX(rbuf, (size_t)1 << 20), (size_t)64 << 20);
+    r->zips = calloc((size_t)W, sizeof *r->zips);
+    r->ix = calloc((size_t)W, sizeof *r->ix);
+    if (r->zips == NULL || r->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    for (int k = r->me; k < W; k += r->nprocs) {
+        char *path = ck_rank_file(&r->layout, "model", k);
+        if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, rbuf, &r->zips[k], e);
+        if (rc == 0) rc = ti_load(r->zips[k], k, &r->ix[k], e);
+        if (rc == 0) rc = hash_pieces(r, &r->ix[k], r->zips[k], e);
+        if (rc) fm_context(e, "rank %d: %s", k, path);
+        free(path);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- phase 3: exchange indexes ---- */
+
+static int exchange(run *r, fm_err *e)
+{
+    int W = r->layout.world_size;
+    fm_buf mine = {0};
+    for (int k = r->me; k < W; k += r->nprocs) {
+        int rc = ti_pack(&r->ix[k], &mine, e);
+        if (rc) {
+            fm_buf_free(&mine);
+            return rc;
+        }
+    }
+    uint8_t *all;
+    uint64_t *offs;
+    int rc = comm_allgather_blobs_all(mine.data, mine.len, r->comm, &all, &offs, e);
+    fm_buf_free(&mine);
+    if (rc) return rc;
+    for (int q = 0; q < r->nprocs && rc == 0; q++) {
+        if (q == r->me) continue; /* own indexes are already here */
+        /* process q's blob: the packed indexes of ranks q, q+P, ... back to back */
+        const uint8_t *p = all + offs[q], *end = all + offs[q + 1];
+        for (int k = q; k < W && rc == 0; k += r->nprocs) rc = ti_unpack_next(&p, end, &r->ix[k], e);
+    }
+    free(all);
+    free(offs);
+    return rc;
+}
+
+/* ---- phase 4: config and plan ---- */
+
+static int read_config(run *r, fm_err *e)
+{
+    if (r->me == 0 && r->layout.hf_dir) {
+        char *path = fm_path_join(r->layout.hf_dir, "config.json");
+        if (path == NULL || fm_read_file(path, 64u << 20, &r->config, &r->config_len, e)) {
+            if (path) fm_context(e, "rank 0");
+        } else if (hf_config_read(r->config, r->config_len, &r->cfg, e)) {
+            fm_context(e, "%s", path);
+        }
+        free(path);
+    }
+    FM_TRY(comm_agree_all(e, r->comm));
+    FM_TRY(bcast_bytes(&r->config, &r->config_len, 0, r->comm, e));
+    if (r->config && r->me != 0) FM_TRY(hf_config_read(r->config, r->config_len, &r->cfg, e));
+    return 0;
+}
+
+static void print_loaded(run *r)
+{
+    int W = r->layout.world_size;
+    say(r, "Loading %d checkpoint shards...\n", W);
+    for (int k = 0; k < W; k++) {
+        char *base = fm_path_basename(r->ix[k].path);
+        if (k < 8 || k == W - 1) say(r, "  [%d/%d] %s (%zu keys)\n", k + 1, W, base ? base : "?", r->ix[k].n);
+        else if (k == 8) say(r, "  ...\n");
+        free(base);
+    }
+    say(r, "\n");
+}
+
+static int make_plan(run *r, fm_err *e)
+{
+    plan_opts po = {
+        .world_size = r->layout.world_size,
+        .nprocs = r->nprocs,
+        .out_dtype = r->o->dtype,
+        .max_shard_size = r->o->max_shard_size,
+        .tie_word_embeddings = r->config ? r->cfg.tie_word_embeddings : false,
+        .plain = r->o->plain,
+    };
+    plan_build(r->ix, &po, &r->pl, e);
+    FM_TRY(comm_agree_all(e, r->comm));
+    say(r, "Merging shards into full state dict...\n");
+    say(r, "\xe2\x9c\x93 Merged %zu parameters:\n  - %zu replicated parameters\n  - %zu sharded parameters\n",
+        r->pl.ntensors, r->pl.n_replicated, r->pl.n_sharded);
+    if (r->pl.n_dropped) say(r, "  - lm_head.weight dropped: tied to the input embedding (tie_word_embeddings)\n");
+    for (size_t i = 0; i < r->pl.nwarnings && i < 20; i++) say(r, "  warning: %s\n", r->pl.warnings[i]);
+    if (r->pl.nwarnings > 20) say(r, "  warning: ... and %zu more\n", r->pl.nwarnings - 20);
+    say(r, "\n");
+    return 0;
+}
+
+/* ---- phase 5: data ---- */
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    (void)total;
+    run *r = ctx;
+    if (r->talk) pg_update(&r->bar, done);
+}
+
+static int move_data(run *r, fm_err *e)
+{
+    char sz[32];
+    say(r, "Saving merged model to %s\n  Writing %zu file%s (%s, %s)...\n", r->o->output, r->pl.nfiles,
+        r->pl.nfiles == 1 ? "" : "s", fm_format_bytes(r->pl.total_bytes, sz, sizeof sz),
+        r->o->dtype == DT_INVALID ? "dtype as saved" : dt_torch_name(r->o->dtype));
+    if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
+    xf_opts xo = {.writer = r->writer, .window = (size_t)(r->o->buffer_size / 4), .fsync = !r->o->no_fsync};
+    int rc = xf_gather_all(&r->pl, r->zips, od_temp_path(&r->od), &xo, on_progress, r, r->comm, &r->xs, e);
+    if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
+    return rc;
+}
+
+/* ---- phase 6: the HuggingFace side files, then the rename ---- */
+
+/* The dtype config.json names with --dtype auto: that of the float weights. */
+static dt_type main_dtype(const plan *pl)
+{
+    for (size_t i = 0; i < pl->ntensors; i++)
+        if (dt_is_float(pl->tensors[i].src_dtype)) return pl->tensors[i].src_dtype;
+    return pl->ntensors ? pl->tensors[0].src_dtype : DT_F32;
+}
+
+static int write_side_files(run *r, fm_err *e)
+{
+    const char *dir = od_temp_path(&r->od);
+    int copied = 0;
+    if (r->config) {
+        char arch[256] = "";
+        const char *head = r->pl.head[0] ? r->pl.head : NULL;
+        hf_infer_architecture(r->cfg.model_type, head, arch, sizeof arch);
+        char *text = NULL;
+        size_t len = 0;
+        const char *dtype = dt_torch_name(r->o->dtype == DT_INVALID ? main_dtype(&r->pl) : r->o->dtype);
+        FM_TRY(hf_config_rewrite(r->config, r->config_len, dtype, r->o->architecture, arch[0] ? arch : NULL, &text,
+                                 &len, e));
+        char *path = fm_path_join(dir, "config.json");
+        int rc = path ? fm_write_file(path, text, len, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+        free(path);
+        free(text);
+        FM_TRY(rc);
+        FM_TRY(hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
+    }
+    if (r->pl.index_json) {
+        char *path = fm_path_join(dir, "model.safetensors.index.json");
+        int rc = path ? fm_write_file(path, r->pl.index_json, strlen(r->pl.index_json), e)
+                      : fm_fail(e, FM_ENOMEM, "out of memory");
+        free(path);
+        FM_TRY(rc);
+    }
+    return 0;
+}
+
+static int finalize(run *r, fm_err *e)
+{
+    if (r->me == r->writer) {
+        if (write_side_files(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
+    }
+    FM_TRY(comm_agree_all(e, r->comm));
+    if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
+                       r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
+    else say(r, "  warning: no config.json found next to the shards: the output holds the weights only\n");
+    say(r, "\xe2\x9c\x93 Model saved successfully\n");
+    return 0;
+}
+
+static void summary(run *r)
+{
+    double total = r->times.total;
+    char sz[32];
+    say(r, "\n" RULE "\n\xe2\x9c\x85 Conversion complete: %zu tensors, %s in %zu file%s, %.2f s (%.1f MB/s)\n" RULE "\n",
+        r->pl.ntensors, fm_format_bytes(r->pl.total_bytes, sz, sizeof sz), r->pl.nfiles, r->pl.nfiles == 1 ? "" : "s",
+        total, total > 0 ? (double)r->pl.total_bytes / total / 1e6 : 0.0);
+}
+
+static void cleanup(run *r)
+{
+    od_abort(&r->od); /* removes the temporary folder; after a commit it only frees */
+    int W = r->layout.world_size;
+    for (int k = 0; k < W && r->zips; k++) ptz_close(r->zips[k]);
+    for (int k = 0; k < W && r->ix; k++) ti_index_free(&r->ix[k]);
+    free(r->zips);
+    free(r->ix);
+    free(r->config);
+    plan_free(&r->pl);
+    ck_layout_free(&r->layout);
+}
+
+int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
+{
+    run r;
+    memset(&r, 0, sizeof r);
+    r.o = o;
+    r.comm = comm;
+    r.out = out;
+    r.writer = o->writer;
+    MPI_Comm_rank(comm, &r.me);
+    MPI_Comm_size(comm, &r.nprocs);
+    r.talk = r.me == 0 && !o->quiet;
+    double t0 = MPI_Wtime(), t;
+    int rc = discover(&r, e);
+    r.times.discover = MPI_Wtime() - t0;
+    if (rc == 0) {
+        banner(&r);
+        t = MPI_Wtime();
+        open_mine(&r, e);
+        rc = comm_agree_all(e, comm);
+        if (rc == 0) rc = exchange(&r, e);
+        if (rc == 0) rc = comm_agree_all(e, comm);
+        r.times.index = MPI_Wtime() - t;
+    }
+    if (rc == 0) {
+        print_loaded(&r);
+        t = MPI_Wtime();
+        rc = read_config(&r, e);
+        if (rc == 0) rc = make_plan(&r, e);
+        r.times.plan = MPI_Wtime() - t;
+    }
+    if (rc == 0) {
+        t = MPI_Wtime();
+        rc = move_data(&r, e);
+        r.times.data = MPI_Wtime() - t;
+    }
+    if (rc == 0) {
+        t = MPI_Wtime();
+        rc = finalize(&r, e);
+        r.times.finalize = MPI_Wtime() - t;
+    }
+    r.times.total = MPI_Wtime() - t0;
+    if (rc == 0) {
+        summary(&r);
+        uint64_t read_total = 0;
+        MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
+        if (o->report && r.me == 0)
+            rp_write(o->report, o, r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
+        rc = comm_agree_all(e, comm);
+    }
+    cleanup(&r);
+    return rc;
+}

@@ -1,0 +1,446 @@
+/* xfer.c - windows of output bytes gathered at the writer (see xfer.h). */
+#include "xfer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "comm.h"
+#include "dtype.h"
+#include "util.h"
+
+/* ---- segments: the part of one piece's run that falls in a window ---- */
+
+typedef struct seg {
+    size_t tensor;  /* index in pl->tensors */
+    size_t piece;   /* index in the tensor's pieces */
+    uint64_t run, j0, n;
+    uint64_t out;   /* byte offset in the data section */
+    bool last;      /* holds the piece's last element */
+} seg;
+
+typedef int (*seg_fn)(void *ctx, const seg *s, fm_err *e);
+
+/* Calls fn for every segment of [wa, wb) of file f (of process proc, or of
+ * all when proc < 0), in the one order every process agrees on: tensor,
+ * piece, run. *cursor is the first tensor of the file not yet finished. */
+static int for_each_segment(const plan *pl, size_t *cursor, int f, uint64_t wa, uint64_t wb, int proc, seg_fn fn,
+                            void *ctx, fm_err *e)
+{
+    const plan_file *pf = &pl->files[f];
+    while (*cursor < pf->first + pf->count && pl->tensors[*cursor].end <= wa) (*cursor)++;
+    for (size_t ti = *cursor; ti < pf->first + pf->count; ti++) {
+        const plan_tensor *t = &pl->tensors[ti];
+        if (t->begin >= wb) break;
+        uint64_t es = dt_size(t->out_dtype);
+        uint64_t ea = (FM_MAX(wa, t->begin) - t->begin) / es;
+        uint64_t eb = (FM_MIN(wb, t->end) - t->begin) / es;
+        for (size_t pi = 0; pi < t->npieces; pi++) {
+            const plan_piece *p = &t->pieces[pi];
+            if (proc >= 0 && p->proc != proc) continue;
+            for (uint64_t r = plan_first_run_after(t, p, ea); r < p->nruns; r++) {
+                uint64_t s0 = plan_run_first(t, p, r);
+                if (s0 >= eb) break;
+                uint64_t lo = FM_MAX(s0, ea), hi = FM_MIN(s0 + p->run_len, eb);
+                seg s = {ti, pi, r, lo - s0, hi - lo, t->begin + lo * es,
+                         r == p->nruns - 1 && hi == s0 + p->run_len};
+                FM_TRY(fn(ctx, &s, e));
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- sources: one ranged reader per (rank, storage) this process uses ---- */
+
+typedef struct slot {
+    int rank;
+    const char *storage;
+    ptz_rec *rec;
+    size_t remaining; /* pieces still to finish before the CRC check */
+} slot;
+
+typedef struct sources {
+    ptz_file *const *zips;
+    slot *slots;
+    size_t nslots;
+    size_t *piece_base; /* first flat piece id of each tensor */
+    size_t *slot_of;    /* flat piece id -> slot, SIZE_MAX when not ours */
+    uint64_t bytes_read;
+} sources;
+
+static int sources_init(sources *s, const plan *pl, ptz_file *const *zips, int me, fm_err *e)
+{
+    memset(s, 0, sizeof *s);
+    s->zips = zips;
+    s->piece_base = malloc(sizeof(size_t) * (pl->ntensors + 1));
+    if (s->piece_base == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    size_t total = 0;
+    for (size_t i = 0; i < pl->ntensors; i++) {
+        s->piece_base[i] = total;
+        total += pl->tensors[i].npieces;
+    }
+    s->piece_base[pl->ntensors] = total;
+    s->slot_of = malloc(sizeof(size_t) * (total ? total : 1));
+    s->slots = calloc(total ? total : 1, sizeof *s->slots);
+    if (s->slot_of == NULL || s->slots == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < pl->ntensors; i++) {
+        for (size_t k = 0; k < pl->tensors[i].npieces; k++) {
+            const plan_piece *p = &pl->tensors[i].pieces[k];
+            size_t id = s->piece_base[i] + k, j;
+            s->slot_of[id] = SIZE_MAX;
+            if (p->proc != me) continue;
+            if (zips[p->rank] == NULL) return fm_fail(e, FM_EINTERNAL, "rank %d's file is not open here", p->rank);
+            for (j = 0; j < s->nslots; j++)
+                if (s->slots[j].rank == p->rank && strcmp(s->slots[j].storage, p->view.storage) == 0) break;
+            if (j == s->nslots) s->slots[s->nslots++] = (slot){p->rank, p->view.storage, NULL, 0};
+            s->slots[j].remaining++;
+            s->slot_of[id] = j;
+        }
+    }
+    return 0;
+}
+
+static void sources_free(sources *s)
+{
+    for (size_t j = 0; j < s->nslots; j++) ptz_rec_close(s->slots[j].rec);
+    free(s->slots);
+    free(s->slot_of);
+    free(s->piece_base);
+}
+
+static int src_context(fm_err *e, const sources *s, const slot *sl)
+{
+    return fm_context(e, "rank %d: %s", sl->rank, ptz_path(s->zips[sl->rank]));
+}
+
+/* Reads the source elements of segment sg, converts them into dst. */
+static int read_segment(sources *s, const plan *pl, const seg *sg, uint8_t *dst, fm_err *e)
+{
+    const plan_tensor *t = &pl->tensors[sg->tensor];
+    const plan_piece *p = &t->pieces[sg->piece];
+    slot *sl = &s->slots[s->slot_of[s->piece_base[sg->tensor] + sg->piece]];
+    ptz_file *z = s->zips[sl->rank];
+    if (sl->rec == NULL && ptz_rec_open(z, sl->storage, &sl->rec, e)) return src_context(e, s, sl);
+    size_t ses = dt_size(t->src_dtype), oes = dt_size(t->out_dtype);
+    const uint8_t *b;
+    if (p->src_contig) {
+        uint64_t elem = (uint64_t)plan_run_src(p, sg->run) + sg->j0, left = sg->n;
+        uint64_t max = ptz_buffer_size(z) / ses;
+        while (left > 0) {
+            uint64_t take = FM_MIN(left, max);
+            if (ptz_rec_get(sl->rec, elem * ses, take * ses, &b, e)) return src_context(e, s, sl);
+            dt_convert(t->src_dtype, t->out_dtype, b, dst, take, p->big_endian);
+            dst += take * oes;
+            elem += take;
+            left -= take;
+        }
+    } else {
+        for (uint64_t j = 0; j < sg->n; j++) {
+            uint64_t elem = (uint64_t)plan_src_elem(p, sg->run, sg->j0 + j);
+            if (ptz_rec_get(sl->rec, elem * ses, ses, &b, e)) return src_context(e, s, sl);
+            dt_convert(t->src_dtype, t->out_dtype, b, dst + j * oes, 1, p->big_endian);
+        }
+    }
+    s->bytes_read += sg->n * ses;
+    if (sg->last && --sl->remaining == 0) {
+        int rc = ptz_rec_finish(sl->rec, e);
+        ptz_rec_close(sl->rec);
+        sl->rec = NULL;
+        if (rc) return src_context(e, s, sl);
+    }
+    return 0;
+}
+
+/* ---- the I/O thread: writes full windows while the next one is gathered ---- */
+
+typedef struct iojob {
+    int fd;
+    uint64_t off;
+    const uint8_t *buf;
+    size_t len;
+    bool busy;
+} iojob;
+
+typedef struct iothread {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    iojob jobs[2];
+    bool stop, started;
+    fm_err err;
+} iothread;
+
+static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return w < 0 ? errno : ENOSPC;
+        p += w;
+        len -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+static void *io_main(void *arg)
+{
+    iothread *io = arg;
+    pthread_mutex_lock(&io->mu);
+    for (;;) {
+        int k = io->jobs[0].busy ? 0 : io->jobs[1].busy ? 1 : -1;
+        if (k < 0) {
+            if (io->stop) break;
+            pthread_cond_wait(&io->cv, &io->mu);
+            continue;
+        }
+        iojob job = io->jobs[k];
+        pthread_mutex_unlock(&io->mu);
+        int err = io->err.code ? 0 : pwrite_all(job.fd, job.buf, job.len, job.off);
+        pthread_mutex_lock(&io->mu);
+        if (err && io->err.code == 0) fm_fail(&io->err, FM_EIO, "write failed: %s", strerror(err));
+        io->jobs[k].busy = false;
+        pthread_cond_broadcast(&io->cv);
+    }
+    pthread_mutex_unlock(&io->mu);
+    return NULL;
+}
+
+static int io_start(iothread *io, fm_err *e)
+{
+    memset(io, 0, sizeof *io);
+    pthread_mutex_init(&io->mu, NULL);
+    pthread_cond_init(&io->cv, NULL);
+    if (pthread_create(&io->th, NULL, io_main, io) != 0) return fm_fail(e, FM_EGENERIC, "cannot start the I/O thread");
+    io->started = true;
+    return 0;
+}
+
+/* Waits until buffer slot k is free again; returns the thread's error. */
+static int io_wait(iothread *io, int k, fm_err *e)
+{
+    pthread_mutex_lock(&io->mu);
+    while (io->jobs[k].busy) pthread_cond_wait(&io->cv, &io->mu);
+    fm_err err = io->err;
+    pthread_mutex_unlock(&io->mu);
+    if (err.code) *e = err;
+    return err.code;
+}
+
+static void io_submit(iothread *io, int k, int fd, uint64_t off, const uint8_t *buf, size_t len)
+{
+    pthread_mutex_lock(&io->mu);
+    io->jobs[k] = (iojob){fd, off, buf, len, true};
+    pthread_cond_broadcast(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+}
+
+static int io_stop(iothread *io, fm_err *e)
+{
+    if (!io->started) return 0;
+    pthread_mutex_lock(&io->mu);
+    io->stop = true;
+    pthread_cond_broadcast(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+    pthread_join(io->th, NULL);
+    pthread_mutex_destroy(&io->mu);
+    pthread_cond_destroy(&io->cv);
+    io->started = false;
+    if (io->err.code && e && e->code == 0) *e = io->err;
+    return io->err.code;
+}
+
+/* ---- one window ---- */
+
+typedef struct xctx {
+    const plan *pl;
+    const xf_opts *o;
+    MPI_Comm comm;
+    int me, nprocs;
+    sources src;
+    uint8_t *pack;        /* this process's packed bytes */
+    size_t pack_len;
+    /* writer only */
+    uint8_t *win[2];      /* two windows: one filled while the other is written */
+    uint8_t *recv;
+    int *counts, *displs;
+    size_t *cursor_in;    /* per process: read position in recv while unpacking */
+    uint8_t *cur_win;
+    uint64_t wa;
+    iothread io;
+} xctx;
+
+static int pack_seg(void *ctx, const seg *s, fm_err *e)
+{
+    xctx *x = ctx;
+    const plan_tensor *t = &x->pl->tensors[s->tensor];
+    uint8_t *dst = x->me == x->o->writer ? x->cur_win + (s->out - x->wa) : x->pack + x->pack_len;
+    FM_TRY(read_segment(&x->src, x->pl, s, dst, e));
+    if (x->me != x->o->writer) x->pack_len += s->n * dt_size(t->out_dtype);
+    return 0;
+}
+
+static int count_seg(void *ctx, const seg *s, fm_err *e)
+{
+    (void)e;
+    xctx *x = ctx;
+    const plan_tensor *t = &x->pl->tensors[s->tensor];
+    int proc = t->pieces[s->piece].proc;
+    if (proc != x->o->writer) x->counts[proc] += (int)(s->n * dt_size(t->out_dtype));
+    return 0;
+}
+
+static int unpack_seg(void *ctx, const seg *s, fm_err *e)
+{
+    (void)e;
+    xctx *x = ctx;
+    const plan_tensor *t = &x->pl->tensors[s->tensor];
+    int proc = t->pieces[s->piece].proc;
+    if (proc == x->o->writer) return 0;
+    size_t n = s->n * dt_size(t->out_dtype);
+    memcpy(x->cur_win + (s->out - x->wa), x->recv + x->cursor_in[proc], n);
+    x->cursor_in[proc] += n;
+    return 0;
+}
+
+static int gather_window(xctx *x, int f, size_t *cursor, uint64_t wa, uint64_t wb, fm_err *e)
+{
+    bool writer = x->me == x->o->writer;
+    x->wa = wa;
+    x->pack_len = 0;
+    if (e->code == 0) for_each_segment(x->pl, cursor, f, wa, wb, x->me, pack_seg, x, e);
+    FM_TRY(comm_agree_all(e, x->comm));
+    if (writer) {
+        memset(x->counts, 0, sizeof(int) * (size_t)x->nprocs);
+        for_each_segment(x->pl, cursor, f, wa, wb, -1, count_seg, x, e);
+        int total = 0;
+        for (int q = 0; q < x->nprocs; q++) {
+            x->displs[q] = total;
+            x->cursor_in[q] = (size_t)total;
+            total += x->counts[q];
+        }
+    }
+    int mrc = MPI_Gatherv(x->pack, (int)x->pack_len, MPI_BYTE, x->recv, x->counts, x->displs, MPI_BYTE, x->o->writer,
+                          x->comm);
+    if (mrc != MPI_SUCCESS) return comm_mpi_error(e, mrc, "MPI_Gatherv");
+    if (writer) for_each_segment(x->pl, cursor, f, wa, wb, -1, unpack_seg, x, e);
+    return 0;
+}
+
+/* ---- files ---- */
+
+static int open_output(const char *dir, const plan_file *pf, int *fd, fm_err *e)
+{
+    char *path = fm_path_join(dir, pf->name);
+    if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    *fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int rc = 0;
+    if (*fd < 0) rc = fm_fail(e, FM_EIO, "cannot create %s: %s", path, strerror(errno));
+    else if (ftruncate(*fd, (off_t)pf->size) != 0)
+        rc = fm_fail(e, FM_EIO, "cannot size %s to %" PRIu64 " bytes: %s", path, pf->size, strerror(errno));
+    else if (pwrite_all(*fd, pf->header.data, pf->header.len, 0) != 0)
+        rc = fm_fail(e, FM_EIO, "cannot write the header of %s: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
+static int close_output(int fd, const char *name, bool do_fsync, fm_err *e)
+{
+    int rc = 0;
+    if (do_fsync && fsync(fd) != 0) rc = fm_fail(e, FM_EIO, "fsync %s: %s", name, strerror(errno));
+    if (close(fd) != 0 && rc == 0) rc = fm_fail(e, FM_EIO, "close %s: %s", name, strerror(errno));
+    return rc;
+}
+
+static int merge_file(xctx *x, int f, const char *dir, uint64_t *done, xf_progress_fn progress, void *pctx, fm_err *e)
+{
+    const plan_file *pf = &x->pl->files[f];
+    bool writer = x->me == x->o->writer;
+    int fd = -1;
+    if (writer) open_output(dir, pf, &fd, e);
+    if (comm_agree_all(e, x->comm)) {
+        if (fd >= 0) close(fd);
+        return e->code;
+    }
+    uint64_t data_len = pf->size - pf->data_start;
+    size_t cursor = pf->first;
+    int k = 0;
+    for (uint64_t wa = 0; wa < data_len; wa += x->o->window, k ^= 1) {
+        uint64_t wb = FM_MIN(wa + x->o->window, data_len);
+        if (writer && io_wait(&x->io, k, e) == 0) x->cur_win = x->win[k];
+        if (gather_window(x, f, &cursor, wa, wb, e)) break;
+        if (writer) io_submit(&x->io, k, fd, pf->data_start + wa, x->win[k], (size_t)(wb - wa));
+        *done += wb - wa;
+        if (progress) progress(pctx, *done, x->pl->total_bytes);
+    }
+    if (writer) {
+        io_wait(&x->io, 0, e);
+        io_wait(&x->io, 1, e);
+        if (close_output(fd, pf->name, x->o->fsync, e) && x->io.err.code == 0) x->io.err = *e;
+    }
+    return comm_agree_all(e, x->comm);
+}
+
+static int xctx_init(xctx *x, const plan *pl, ptz_file *const *zips, const xf_opts *o, MPI_Comm comm, fm_err *e)
+{
+    memset(x, 0, sizeof *x);
+    x->pl = pl;
+    x->o = o;
+    x->comm = comm;
+    MPI_Comm_rank(comm, &x->me);
+    MPI_Comm_size(comm, &x->nprocs);
+    int rc = sources_init(&x->src, pl, zips, x->me, e);
+    x->pack = malloc(o->window);
+    if (rc == 0 && x->pack == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory (%zu-byte window)", o->window);
+    if (rc == 0 && x->me == o->writer) {
+        x->win[0] = malloc(o->window);
+        x->win[1] = malloc(o->window);
+        x->recv = malloc(o->window);
+        x->counts = calloc((size_t)x->nprocs, sizeof(int));
+        x->displs = calloc((size_t)x->nprocs, sizeof(int));
+        x->cursor_in = calloc((size_t)x->nprocs, sizeof(size_t));
+        if (!x->win[0] || !x->win[1] || !x->recv || !x->counts || !x->displs || !x->cursor_in)
+            rc = fm_fail(e, FM_ENOMEM, "out of memory (writer buffers of %zu bytes)", o->window);
+        if (rc == 0) rc = io_start(&x->io, e);
+    }
+    return rc;
+}
+
+static void xctx_free(xctx *x)
+{
+    io_stop(&x->io, NULL);
+    sources_free(&x->src);
+    free(x->pack);
+    free(x->win[0]);
+    free(x->win[1]);
+    free(x->recv);
+    free(x->counts);
+    free(x->displs);
+    free(x->cursor_in);
+}
+
+int xf_gather_all(const plan *pl, ptz_file *const *zips, const char *dir, const xf_opts *o, xf_progress_fn progress,
+                  void *pctx, MPI_Comm comm, xf_stats *stats, fm_err *e)
+{
+    xf_opts opts = *o;
+    opts.window = FM_MAX(opts.window & ~(size_t)7, (size_t)4096);
+    if (opts.window > (1u << 30)) opts.window = 1u << 30; /* MPI counts are int */
+    xctx x;
+    xctx_init(&x, pl, zips, &opts, comm, e);
+    int rc = comm_agree_all(e, comm);
+    uint64_t done = 0;
+    for (size_t f = 0; f < pl->nfiles && rc == 0; f++) rc = merge_file(&x, (int)f, dir, &done, progress, pctx, e);
+    if (stats) {
+        stats->bytes_read = x.src.bytes_read;
+        stats->bytes_written = 0;
+        if (x.me == opts.writer)
+            for (size_t f = 0; f < pl->nfiles; f++) stats->bytes_written += pl->files[f].size;
+    }
+    xctx_free(&x);
+    return rc;
+}
