@@ -100,4 +100,6 @@ clean:
 help:
 	@grep -E '^## ' Makefile | sed 's/^## /  /'
 
+.SECONDARY:
+
 -include $(LIB_OBJS:.o=.d) $(LIB_OBJS_ASAN:.o=.d) build/obj/main.d build/obj/synth_main.d

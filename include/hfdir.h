@@ -1,8 +1,8 @@
 /* hfdir.h - the HuggingFace side of the output folder.
  *
  * config.json: rewritten as transformers writes it (json.dumps(indent=2,
- * sort_keys=True) + "\n", every number and string token kept exactly as it
- * was in the input), with "architectures" filled in when missing (or
+ * sort_keys=True) + "\n" of the loaded dict: Python's float repr and ASCII
+ * escapes, whatever the input's spelling), with "architectures" filled in when missing (or
  * overridden) and the dtype key set to the output dtype: "torch_dtype" when
  * the config already has it or was written by transformers < 5, else "dtype".
  * Other files of huggingface/ (generation config, tokenizer, remote code) are

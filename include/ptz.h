@@ -1,9 +1,11 @@
 /* ptz.h - reads torch.save files (the zip container) without PyTorch.
  *
- * libzip reads the central directory (names, sizes, CRC-32, compression
- * method, ZIP64). libzip gives no data offsets, so the offset of each
- * record's bytes is computed from its local header, after which records are
- * read by byte range with pread(): a multi-GB storage is never loaded whole.
+ * The central directory (EOCD, ZIP64 EOCD, entries with ZIP64 extras) is
+ * parsed here, because libzip gives no local-header or data offsets; libzip
+ * opens the same file with ZIP_CHECKCONS as a second opinion and must agree
+ * on every name, size, CRC-32 and method. The offset of each record's bytes
+ * is computed from its local header, after which records are read by byte
+ * range with pread(): a multi-GB storage is never loaded whole.
  *
  * Records are found by name relative to the archive prefix (the folder name
  * torch puts in front of every entry, taken from the entry holding
@@ -45,7 +47,9 @@ typedef struct ptz_record_info {
  *  read_buffer is the size of the read-ahead buffer shared by this file's
  *  ptz_rec objects (0 picks 4 MiB). Errors name the path: missing file,
  *  not a zip / truncated, legacy format, no data.pkl, a deflated (not
- *  stored) entry, an entry whose data lies outside the file.
+ *  stored) data.pkl or byteorder, an entry whose data lies outside the file.
+ *  Other compressed records are refused when opened (ptz_rec_open,
+ *  ptz_read_record: FM_EUNSUPPORTED naming the record).
  *  @return : 0 or an fm_code; *out is owned by the caller (ptz_close). */
 int ptz_open(const char *path, unsigned flags, size_t read_buffer, ptz_file **out, fm_err *e);
 /*! ptz_close() : accepts NULL. Open ptz_rec objects must be closed first. */

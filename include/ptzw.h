@@ -42,10 +42,29 @@ int ptzw_end(ptzw *w, fm_err *e);
 int ptzw_add_preamble(ptzw *w, const void *pkl, size_t pkl_len, fm_err *e);
 
 /*! ptzw_close() : writes version, .data/serialization_id (if any torch
- *  records were written), the central directory and the end records; closes
- *  the file. Frees w even on error. */
+ *  records were written; also byteorder "little" when missing, as torch's
+ *  writeEndOfFile() does), the central directory and the end records; closes
+ *  the file (no fsync). Frees w even on error, and then removes the partial
+ *  file as ptzw_abort() does. */
 int ptzw_close(ptzw *w, fm_err *e);
 /*! ptzw_abort() : closes and removes the partial file. Accepts NULL. */
 void ptzw_abort(ptzw *w);
+
+/* ---- exposed for the unit tests -------------------------------------- */
+
+/*! ptzw_zip64_extra() : the ZIP64 extended-information extra field (id
+ *  0x0001) miniz writes for an entry of `size` bytes (`comp` is what goes in
+ *  the compressed-size slot: 0 in a local header, size in the central
+ *  directory) whose local header is at `lofs`: [uncompressed, compressed]
+ *  when size >= limit, then [local header offset] when lofs >= limit.
+ *  limit is 0xFFFFFFFF in real files.
+ *  @return : its length in bytes, 0 when none is needed (at most 28). */
+size_t ptzw_zip64_extra(uint64_t size, uint64_t comp, uint64_t lofs, uint64_t limit, uint8_t out[28]);
+
+/*! ptzw_set_zip64_threshold() : tests only: use 64-bit (ZIP64) fields for
+ *  sizes, offsets and counts >= threshold instead of >= 0xFFFFFFFF, so that
+ *  the ZIP64 paths can be exercised with small files (0 restores). Call
+ *  before the first entry. */
+void ptzw_set_zip64_threshold(ptzw *w, uint64_t threshold);
 
 #endif

@@ -26,7 +26,8 @@ int fm_context(fm_err *e, const char *fmt, ...)
     va_end(ap);
     char old[FM_ERR_MSG_MAX];
     memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old);
+    /* a message that no longer fits is cut: the outer context matters most */
+    if (snprintf(e->msg, sizeof e->msg, "%s: %s", prefix, old) < 0) memcpy(e->msg, old, sizeof old);
     if (e->code == 0) e->code = FM_EINTERNAL;
     return e->code;
 }

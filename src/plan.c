@@ -456,27 +456,49 @@ static void find_head(plan *pl)
 
 /* ---- output files ---- */
 
-static int assign_files(plan *pl, const plan_opts *o, size_t **file_of, fm_err *e)
+/* huggingface_hub's split_torch_state_dict_into_shards, exactly: tensors in
+ * state-dict order; one larger than the limit becomes a shard of its own,
+ * appended to the list at once; otherwise the current shard is appended
+ * (and a new one begun) when the tensor would overflow it. A shard's file
+ * number is its position in that list. */
+static size_t split_shards(const plan *pl, const plan_opts *o, size_t *f)
 {
-    size_t *f = calloc(pl->ntensors ? pl->ntensors : 1, sizeof *f);
-    if (f == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    /* huggingface_hub's split_torch_state_dict_into_shards: state-dict order,
-     * a tensor larger than the limit alone in a shard appended right away,
-     * else a new shard when the current one would overflow. */
-    size_t nf = 0, cur = SIZE_MAX;
+    size_t nshards = 0, appended = 0, cur = SIZE_MAX;
     uint64_t cur_size = 0;
+    size_t *pos = malloc(sizeof(size_t) * (pl->ntensors ? pl->ntensors : 1)); /* shard id -> list position */
+    if (pos == NULL) return 0;
     for (size_t i = 0; i < pl->ntensors; i++) {
         uint64_t sz = pl->tensors[i].numel * dt_size(pl->tensors[i].out_dtype);
         if (sz > o->max_shard_size) {
-            f[i] = nf++;
+            f[i] = nshards;
+            pos[nshards++] = appended++;
             continue;
         }
-        if (cur == SIZE_MAX || cur_size + sz > o->max_shard_size) {
-            cur = nf++;
+        if (cur != SIZE_MAX && cur_size + sz > o->max_shard_size) {
+            pos[cur] = appended++;
+            cur = SIZE_MAX;
+        }
+        if (cur == SIZE_MAX) {
+            cur = nshards++;
             cur_size = 0;
         }
         f[i] = cur;
         cur_size += sz;
+    }
+    if (cur != SIZE_MAX) pos[cur] = appended++;
+    for (size_t i = 0; i < pl->ntensors; i++) f[i] = pos[f[i]];
+    free(pos);
+    return nshards;
+}
+
+static int assign_files(plan *pl, const plan_opts *o, size_t **file_of, fm_err *e)
+{
+    size_t *f = calloc(pl->ntensors ? pl->ntensors : 1, sizeof *f);
+    if (f == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    size_t nf = split_shards(pl, o, f);
+    if (nf == 0 && pl->ntensors > 0) {
+        free(f);
+        return fm_fail(e, FM_ENOMEM, "out of memory");
     }
     pl->nfiles = nf ? nf : 1;
     pl->files = calloc(pl->nfiles, sizeof *pl->files);

@@ -38,7 +38,7 @@ static inline const char *tu_fixture(const char *rel)
     static char bufs[8][4096];
     static int k;
     char *b = bufs[k++ & 7];
-    snprintf(b, 4096, "%s/%s", tu_fixtures(), rel);
+    if (snprintf(b, 4096, "%s/%s", tu_fixtures(), rel) >= 4096) abort();
     return b;
 }
 
@@ -46,7 +46,8 @@ static inline char *tu_tmpdir(void)
 {
     const char *base = getenv("TMPDIR");
     char tmpl[4096];
-    snprintf(tmpl, sizeof tmpl, "%s/fsdpmerge-test-XXXXXX", base && *base ? base : "/tmp");
+    if (snprintf(tmpl, sizeof tmpl, "%s/fsdpmerge-test-XXXXXX", base && *base ? base : "/tmp") >= (int)sizeof tmpl)
+        abort();
     char *d = mkdtemp(tmpl);
     if (d == NULL) abort();
     return strdup(d);
@@ -56,7 +57,7 @@ static inline void tu_rmdir(char *dir)
 {
     if (dir == NULL) return;
     char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir) >= (int)sizeof cmd) abort();
     if (system(cmd) != 0) fprintf(stderr, "testutil: could not remove %s\n", dir);
     free(dir);
 }
