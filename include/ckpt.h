@@ -19,6 +19,7 @@ typedef struct ck_layout {
     int world_size;
     int fsdp_version;   /* from fsdp_config.json, 0 when unknown */
     bool ws_from_config;/* fsdp_config.json gave the world size */
+    char *shard_template; /* NULL, or where the rank files are (%w, %r, %k) */
 } ck_layout;
 
 /*! ck_discover() : resolves ckpt (step or actor folder) and checks that the
@@ -28,12 +29,19 @@ typedef struct ck_layout {
  *  ("missing checkpoint for rank 2: ... does not exist"). */
 int ck_discover(const char *ckpt, const char *actor_name, int world_size, ck_layout *out, fm_err *e);
 
+/*! ck_discover_template() : for rank files that are not next to the
+ *  checkpoint (--shard-template): finds the actor folder (for config and
+ *  tokenizer) and the world size from world_size or fsdp_config.json; the
+ *  rank files themselves are checked by the processes that open them. */
+int ck_discover_template(const char *ckpt, const char *actor_name, const char *tmpl, int world_size, ck_layout *out,
+                         fm_err *e);
+
 /*! ck_read_fsdp_config() : world_size and FSDP_version from a
  *  fsdp_config.json (0 for absent fields); FM_EFORMAT when malformed. */
 int ck_read_fsdp_config(const char *path, int *world_size, int *fsdp_version, fm_err *e);
 
 /*! ck_rank_file() : malloc'd "<actor>/<kind>_world_size_W_rank_R.pt" for
- *  kind "model", "optim" or "extra_state". */
+ *  kind "model", "optim" or "extra_state", or the template expanded. */
 char *ck_rank_file(const ck_layout *l, const char *kind, int rank);
 
 void ck_layout_free(ck_layout *l);

@@ -19,6 +19,9 @@
 #include "progress.h"
 
 typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION } cli_command;
+typedef enum cli_mode { CLI_MODE_AUTO = 0, CLI_MODE_GATHER, CLI_MODE_DIRECT } cli_mode;
+
+#define CLI_MAX_HINTS 32
 
 typedef struct cli_opts {
     cli_command command;
@@ -35,6 +38,11 @@ typedef struct cli_opts {
     const char *architecture; /* NULL = keep or infer */
     const char *report;       /* JSON summary path, NULL = none */
     bool force, no_crc, no_fsync;
+    cli_mode mode;
+    const char *shard_template; /* %w world size, %r rank, %k kind; NULL = next to fsdp_config.json */
+    const char *hints[CLI_MAX_HINTS]; /* "key=value" MPI-IO hints */
+    int nhints;
+    bool show_hints;
     pg_mode progress;
     bool quiet;
     /* inspect */

@@ -12,7 +12,7 @@ typedef struct rp_times {
 } rp_times;
 
 /*! rp_write() : writes the summary to path (bytes_read summed over processes). */
-int rp_write(const char *path, const cli_opts *o, int world_size, int nprocs, int writer, const plan *pl,
+int rp_write(const char *path, const cli_opts *o, const char *mode, int world_size, int nprocs, int writer, const plan *pl,
              const rp_times *t, uint64_t bytes_read, fm_err *e);
 
 #endif

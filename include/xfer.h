@@ -1,19 +1,24 @@
 /* xfer.h - moves tensor bytes from the shard files into the output files.
  *
- * The output is processed file by file in windows of `window` bytes of the
- * data section. For each window, every process reads the parts of its own
- * shards that land in the window (ptz_rec ranged reads, CRC checked as the
- * bytes stream), converts them to the output dtype and packs them in a
- * deterministic order; the writer gathers the packed bytes (MPI_Gatherv),
- * places them at their output offsets and hands the window to an I/O thread,
- * which writes it while the next window is gathered. Every process derives
- * the same segment list from the plan, so no offsets travel, only bytes.
- * Memory per process is bounded by the window and read buffers, whatever
- * the model size: no process ever holds a whole shard or tensor.
+ * Two engines, one contract: every process reads only its own shards (see
+ * segment.h), converts to the output dtype, and the bytes end up at their
+ * offsets in the output files. Memory per process is bounded by `window`
+ * plus the read buffers, whatever the model size.
  *
- * Errors: each window ends with comm_agree_all(), so a failure on any
+ * gather: the output is processed in windows of `window` bytes; every
+ *   process packs its segments of the window, the writer gathers them
+ *   (MPI_Gatherv), places them and hands the window to an I/O thread, which
+ *   writes it while the next window is gathered. Only the writer needs to
+ *   see the output folder.
+ * direct: every process writes its own segments straight into the output
+ *   files with MPI-IO, in rounds of up to `window` bytes each: a collective
+ *   MPI_File_write_all through a file view (contiguous, a 2-D subarray for
+ *   the strided rows of Shard(d>0) pieces, else hindexed). No tensor byte
+ *   travels between processes. Every process must see the output folder.
+ *
+ * Errors: every window/round ends with comm_agree_all(), so a failure on any
  * process (read error, CRC mismatch, write error) stops every process
- * within one window.
+ * within one step.
  */
 #ifndef FM_XFER_H
 #define FM_XFER_H
@@ -22,15 +27,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "err.h"
 #include "plan.h"
 #include "ptz.h"
 
 typedef struct xf_opts {
-    int writer;     /* process that writes the files */
-    size_t window;  /* bytes per window (rounded down to a multiple of 8, >= 4096) */
-    bool fsync;     /* fsync each output file before returning */
+    int writer;      /* process that writes the files (gather) or the headers (direct) */
+    size_t window;   /* bytes per window/round (rounded down to a multiple of 8, >= 4096) */
+    bool fsync;      /* flush each output file to disk before returning */
+    MPI_Info info;   /* MPI-IO hints (direct), MPI_INFO_NULL for none */
+    FILE *hints_out; /* direct: print the hints in effect here (rank 0), NULL = don't */
 } xf_opts;
 
 typedef struct xf_stats {
@@ -46,6 +54,11 @@ typedef void (*xf_progress_fn)(void *ctx, uint64_t done, uint64_t total);
  *  the (temporary) output folder, used by the writer only; files are
  *  created there with the plan's names. */
 int xf_gather_all(const plan *pl, ptz_file *const *zips, const char *dir, const xf_opts *o, xf_progress_fn progress,
+                  void *progress_ctx, MPI_Comm comm, xf_stats *stats, fm_err *e);
+
+/*! xf_direct_all() : COLLECTIVE. As xf_gather_all(), writing with MPI-IO
+ *  from every process; dir must be visible to every process. */
+int xf_direct_all(const plan *pl, ptz_file *const *zips, const char *dir, const xf_opts *o, xf_progress_fn progress,
                   void *progress_ctx, MPI_Comm comm, xf_stats *stats, fm_err *e);
 
 #endif

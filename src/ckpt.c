@@ -161,14 +161,76 @@ int ck_discover(const char *ckpt, const char *actor_name, int world_size, ck_lay
     return 0;
 }
 
+/* Expands %w, %r, %k and %% of a --shard-template. */
+static char *expand_template(const char *t, const char *kind, int world, int rank)
+{
+    fm_buf b = {0};
+    for (const char *p = t; *p; p++) {
+        if (*p != '%' || p[1] == '\0') {
+            fm_buf_putc(&b, *p);
+            continue;
+        }
+        switch (*++p) {
+        case 'w': fm_buf_printf(&b, "%d", world); break;
+        case 'r': fm_buf_printf(&b, "%d", rank); break;
+        case 'k': fm_buf_puts(&b, kind); break;
+        default: fm_buf_putc(&b, *p); break;
+        }
+    }
+    fm_buf_terminate(&b);
+    if (b.oom) {
+        fm_buf_free(&b);
+        return NULL;
+    }
+    return (char *)b.data;
+}
+
 char *ck_rank_file(const ck_layout *l, const char *kind, int rank)
 {
+    if (l->shard_template) {
+        /* a template written for model files also serves optim/extra_state ones */
+        char *p = expand_template(l->shard_template, kind, l->world_size, rank);
+        if (p && strcmp(kind, "model") != 0 && strstr(l->shard_template, "%k") == NULL) {
+            char *m = strstr(p, "model_world_size_");
+            char *q = m ? fm_asprintf("%.*s%s_%s", (int)(m - p), p, kind, m + strlen("model_")) : NULL;
+            free(p);
+            p = q;
+        }
+        return p;
+    }
     return fm_asprintf("%s/%s_world_size_%d_rank_%d.pt", l->actor_dir, kind, l->world_size, rank);
+}
+
+int ck_discover_template(const char *ckpt, const char *actor_name, const char *tmpl, int world_size, ck_layout *out,
+                         fm_err *e)
+{
+    memset(out, 0, sizeof *out);
+    if (!fm_path_is_dir(ckpt)) return fm_fail(e, FM_EIO, "checkpoint folder %s does not exist", ckpt);
+    char *sub = fm_path_join(ckpt, actor_name);
+    if (sub == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    out->actor_dir = fm_path_is_dir(sub) ? sub : fm_strdup(ckpt);
+    if (out->actor_dir != sub) free(sub);
+    out->shard_template = fm_strdup(tmpl);
+    if (out->actor_dir == NULL || out->shard_template == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    char *cfg = fm_path_join(out->actor_dir, "fsdp_config.json");
+    int cws = 0, rc = 0;
+    if (cfg && fm_path_exists(cfg)) rc = ck_read_fsdp_config(cfg, &cws, &out->fsdp_version, e);
+    if (rc == 0 && cws && world_size && cws != world_size)
+        rc = fm_fail(e, FM_EMISMATCH, "world size mismatch: %s says %d but --world-size is %d", cfg, cws, world_size);
+    if (rc == 0 && !cws && !world_size)
+        rc = fm_fail(e, FM_EUSAGE, "--shard-template needs the world size: give --world-size (no fsdp_config.json in %s)",
+                     out->actor_dir);
+    out->world_size = world_size ? world_size : cws;
+    out->ws_from_config = cws != 0;
+    free(cfg);
+    out->hf_dir = find_hf_dir(out->actor_dir);
+    return rc;
 }
 
 void ck_layout_free(ck_layout *l)
 {
     if (l == NULL) return;
+    free(l->shard_template);
     free(l->actor_dir);
     free(l->hf_dir);
     memset(l, 0, sizeof *l);

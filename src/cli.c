@@ -10,7 +10,7 @@
 enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
-    OPT_VALUES, OPT_HELP, OPT_VERSION
+    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS
 };
 
 typedef struct opt_spec {
@@ -47,6 +47,14 @@ static const opt_spec SPECS[] = {
     {"architecture", 0, required_argument, OPT_ARCH, "NAME",
      "value of config.json's architectures (default: keep it, or infer it from model_type and the head)"},
     {"report", 0, required_argument, OPT_REPORT, "FILE", "write a JSON summary (tensors, bytes, seconds per phase)"},
+    {"mode", 0, required_argument, OPT_MODE, "MODE",
+     "gather (the writer writes everything), direct (every process writes its own pieces with MPI-IO) or auto "
+     "(default: direct when every process sees the output folder)"},
+    {"shard-template", 0, required_argument, OPT_TEMPLATE, "PATH",
+     "where each process finds its rank files, e.g. /local/ckpt/model_world_size_%w_rank_%r.pt (%w world size, "
+     "%r rank, %k file kind); for shards on node-local disks"},
+    {"mpi-hint", 0, required_argument, OPT_HINT, "KEY=VALUE", "an MPI-IO hint for direct mode (repeatable), e.g. striping_factor=8"},
+    {"show-hints", 0, no_argument, OPT_SHOWHINTS, NULL, "print the MPI-IO hints in effect (direct mode)"},
     {"force", 'f', no_argument, OPT_FORCE, NULL, "replace an existing output folder"},
     {"no-crc", 0, no_argument, OPT_NOCRC, NULL, "do not verify the CRC-32 of the records read"},
     {"no-fsync", 0, no_argument, OPT_NOFSYNC, NULL, "do not fsync the output before the final rename"},
@@ -119,6 +127,7 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
 {
     static const char *const plain[] = {"auto", "replicated", "concat"};
     static const char *const prog[] = {"auto", "bar", "lines", "none"};
+    static const char *const modes[] = {"auto", "gather", "direct"};
     int v = 0;
     switch (id) {
     case OPT_CHECKPOINT: o->checkpoint = (char *)arg; return 0;
@@ -127,7 +136,7 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_DTYPE: return parse_dtype(arg, &o->dtype, e);
     case OPT_SHARD: return fm_parse_size(arg, &o->max_shard_size, e);
     case OPT_BUFFER: FM_TRY(fm_parse_size(arg, &o->buffer_size, e));
-        return o->buffer_size < (1u << 20) ? fm_fail(e, FM_EUSAGE, "--buffer-size must be at least 1MiB") : 0;
+        return o->buffer_size < (64u << 10) ? fm_fail(e, FM_EUSAGE, "--buffer-size must be at least 64KiB") : 0;
     case OPT_WRITER: return parse_int(arg, 0, 1 << 24, "--writer-rank", &o->writer, e);
     case OPT_WORLD: return parse_int(arg, 1, 1000000, "--world-size", &o->world_size, e);
     case OPT_PLAIN: FM_TRY(pick(arg, plain, 3, "--plain mode", &v, e)); o->plain = (plan_plain_mode)v; return 0;
@@ -145,6 +154,17 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
         else o->values = v;
         return 0;
     }
+    case OPT_MODE: FM_TRY(pick(arg, modes, 3, "--mode", &v, e)); o->mode = (cli_mode)v; return 0;
+    case OPT_TEMPLATE:
+        if (strstr(arg, "%r") == NULL) return fm_fail(e, FM_EUSAGE, "--shard-template must contain %%r (the rank)");
+        o->shard_template = arg;
+        return 0;
+    case OPT_HINT:
+        if (strchr(arg, '=') == NULL || arg[0] == '=') return fm_fail(e, FM_EUSAGE, "--mpi-hint takes KEY=VALUE, got '%s'", arg);
+        if (o->nhints == CLI_MAX_HINTS) return fm_fail(e, FM_EUSAGE, "more than %d --mpi-hint options", CLI_MAX_HINTS);
+        o->hints[o->nhints++] = arg;
+        return 0;
+    case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ckpt.h"
 #include "comm.h"
@@ -26,6 +27,9 @@ typedef struct run {
     FILE *out;
     int me, nprocs, writer;
     bool talk;              /* rank 0 and not --quiet */
+    bool direct;            /* direct (MPI-IO by every process) or gather mode */
+    char *tmpdir;           /* the temporary output folder, known to every process */
+    MPI_Info info;          /* MPI-IO hints */
     ck_layout layout;
     ptz_file **zips;        /* [W], open for my ranks */
     ti_index *ix;           /* [W], all ranks after the exchange */
@@ -80,10 +84,73 @@ static int bcast_str(char **s, int root, MPI_Comm comm, fm_err *e)
 
 /* ---- phase 1: discover ---- */
 
+/* Can every process see the writer's temporary folder? (direct mode needs
+ * it: a shared file system). The writer drops a file with a random token in
+ * it; every process reads it back. */
+static int probe_shared(run *r, bool *shared, fm_err *e)
+{
+    char token[64] = "", *path = NULL;
+    if (r->me == r->writer) {
+        snprintf(token, sizeof token, "%ld-%.0f", (long)getpid(), MPI_Wtime() * 1e6);
+        path = fm_path_join(r->tmpdir, ".fsdpmerge-probe");
+        if (path == NULL || fm_write_file(path, token, strlen(token), e)) fm_context(e, "probing the output folder");
+    }
+    FM_TRY(comm_agree_all(e, r->comm));
+    MPI_Bcast(token, sizeof token, MPI_CHAR, r->writer, r->comm);
+    if (path == NULL) path = fm_path_join(r->tmpdir, ".fsdpmerge-probe");
+    char *seen = NULL;
+    size_t len = 0;
+    fm_err ignore = {0};
+    int mine = path && fm_read_file(path, 256, &seen, &len, &ignore) == 0 && strcmp(seen, token) == 0;
+    free(seen);
+    int all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, r->comm);
+    MPI_Barrier(r->comm);
+    if (r->me == r->writer && path) unlink(path);
+    free(path);
+    *shared = all != 0;
+    return 0;
+}
+
+static int choose_mode(run *r, fm_err *e)
+{
+    bool shared = false;
+    if (r->o->mode == CLI_MODE_GATHER) {
+        r->direct = false;
+        return 0;
+    }
+    FM_TRY(probe_shared(r, &shared, e));
+    if (r->o->mode == CLI_MODE_DIRECT && !shared)
+        return fm_fail(e, FM_EUSAGE, "--mode direct: not every process can see the output folder %s (use --mode gather)",
+                       r->tmpdir);
+    r->direct = shared;
+    return 0;
+}
+
+static int make_info(run *r, fm_err *e)
+{
+    r->info = MPI_INFO_NULL;
+    if (r->o->nhints == 0) return 0;
+    MPI_Info_create(&r->info);
+    for (int i = 0; i < r->o->nhints; i++) {
+        char key[MPI_MAX_INFO_KEY + 1];
+        const char *eq = strchr(r->o->hints[i], '=');
+        size_t kl = (size_t)(eq - r->o->hints[i]);
+        if (kl > MPI_MAX_INFO_KEY) return fm_fail(e, FM_EUSAGE, "--mpi-hint key too long: %s", r->o->hints[i]);
+        memcpy(key, r->o->hints[i], kl);
+        key[kl] = '\0';
+        MPI_Info_set(r->info, key, eq + 1);
+    }
+    return 0;
+}
+
 static int discover(run *r, fm_err *e)
 {
     const cli_opts *o = r->o;
-    if (r->me == 0) ck_discover(o->checkpoint, o->actor_dir, o->world_size, &r->layout, e);
+    if (r->me == 0 && o->shard_template)
+        ck_discover_template(o->checkpoint, o->actor_dir, o->shard_template, o->world_size, &r->layout, e);
+    else if (r->me == 0)
+        ck_discover(o->checkpoint, o->actor_dir, o->world_size, &r->layout, e);
     if (r->me == 0 && e->code == 0 && r->writer >= r->nprocs)
         fm_fail(e, FM_EUSAGE, "--writer-rank %d but only %d processes", r->writer, r->nprocs);
     FM_TRY(comm_agree_all(e, r->comm));
@@ -93,11 +160,16 @@ static int discover(run *r, fm_err *e)
     r->layout.fsdp_version = ints[1];
     FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e));
     FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
+    FM_TRY(bcast_str(&r->layout.shard_template, 0, r->comm, e));
     if (r->nprocs > r->layout.world_size)
         return fm_fail(e, FM_EUSAGE, "%d processes for a checkpoint of world size %d: run at most -np %d",
                        r->nprocs, r->layout.world_size, r->layout.world_size);
+    FM_TRY(make_info(r, e));
     /* the writer creates the temporary output folder */
-    if (r->me == r->writer) od_prepare(o->output, o->force, &r->od, e);
+    if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
+    FM_TRY(comm_agree_all(e, r->comm));
+    FM_TRY(bcast_str(&r->tmpdir, r->writer, r->comm, e));
+    FM_TRY(choose_mode(r, e));
     return comm_agree_all(e, r->comm);
 }
 
@@ -108,8 +180,11 @@ static void banner(run *r)
     say(r, RULE "\nfsdpmerge %s: FSDP checkpoint -> HuggingFace model\n" RULE "\n", FM_VERSION);
     say(r, "Checkpoint:    %s\nActor dir:     %s\nOutput:        %s\nDtype:         %s\n", o->checkpoint,
         r->layout.actor_dir, o->output, o->dtype == DT_INVALID ? "auto (as saved)" : dt_torch_name(o->dtype));
-    say(r, "Processes:     %d%s, writer: process %d, mode: gather\n" RULE "\n", r->nprocs,
-        r->nprocs == W ? " (one per rank)" : "", r->writer);
+    say(r, "Processes:     %d%s, writer: process %d\nMode:          %s\n" RULE "\n", r->nprocs,
+        r->nprocs == W ? " (one per rank)" : "", r->writer,
+        r->direct ? "direct (every process writes its own pieces with MPI-IO)"
+                  : r->o->mode == CLI_MODE_GATHER ? "gather (the writer writes the files)"
+                                                  : "gather (not every process sees the output folder)");
     if (r->layout.fsdp_version)
         say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (fsdp_config.json, FSDP%d)\n\n", W,
             r->layout.fsdp_version);
@@ -285,8 +360,18 @@ static int move_data(run *r, fm_err *e)
         r->pl.nfiles == 1 ? "" : "s", fm_format_bytes(r->pl.total_bytes, sz, sizeof sz),
         r->o->dtype == DT_INVALID ? "dtype as saved" : dt_torch_name(r->o->dtype));
     if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
-    xf_opts xo = {.writer = r->writer, .window = (size_t)(r->o->buffer_size / 4), .fsync = !r->o->no_fsync};
-    int rc = xf_gather_all(&r->pl, r->zips, od_temp_path(&r->od), &xo, on_progress, r, r->comm, &r->xs, e);
+    xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .info = r->info,
+                  .hints_out = r->o->show_hints && r->talk ? r->out : NULL};
+    int rc;
+    /* memory per process: gather keeps 3 windows at the writer (2 being
+     * written/filled + 1 received), direct 1; read buffers get a quarter */
+    if (r->direct) {
+        xo.window = (size_t)(r->o->buffer_size / 2);
+        rc = xf_direct_all(&r->pl, r->zips, r->tmpdir, &xo, on_progress, r, r->comm, &r->xs, e);
+    } else {
+        xo.window = (size_t)(r->o->buffer_size / 4);
+        rc = xf_gather_all(&r->pl, r->zips, r->tmpdir, &xo, on_progress, r, r->comm, &r->xs, e);
+    }
     if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
     return rc;
 }
@@ -362,6 +447,8 @@ static void cleanup(run *r)
     free(r->zips);
     free(r->ix);
     free(r->config);
+    free(r->tmpdir);
+    if (r->info != MPI_INFO_NULL) MPI_Info_free(&r->info);
     plan_free(&r->pl);
     ck_layout_free(&r->layout);
 }
@@ -370,6 +457,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
 {
     run r;
     memset(&r, 0, sizeof r);
+    r.info = MPI_INFO_NULL; /* not necessarily a null pointer */
     r.o = o;
     r.comm = comm;
     r.out = out;
@@ -412,7 +500,8 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         uint64_t read_total = 0;
         MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
         if (o->report && r.me == 0)
-            rp_write(o->report, o, r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
+            rp_write(o->report, o, r.direct ? "direct" : "gather", r.layout.world_size, r.nprocs, r.writer, &r.pl,
+                     &r.times, read_total, e);
         rc = comm_agree_all(e, comm);
     }
     cleanup(&r);

@@ -42,7 +42,7 @@ static cJSON *times_json(const rp_times *t)
     return s;
 }
 
-int rp_write(const char *path, const cli_opts *o, int world_size, int nprocs, int writer, const plan *pl,
+int rp_write(const char *path, const cli_opts *o, const char *mode, int world_size, int nprocs, int writer, const plan *pl,
              const rp_times *t, uint64_t bytes_read, fm_err *e)
 {
     cJSON *r = cJSON_CreateObject();
@@ -55,7 +55,7 @@ int rp_write(const char *path, const cli_opts *o, int world_size, int nprocs, in
     cJSON_AddNumberToObject(r, "world_size", world_size);
     cJSON_AddNumberToObject(r, "processes", nprocs);
     cJSON_AddNumberToObject(r, "writer", writer);
-    cJSON_AddStringToObject(r, "mode", "gather");
+    cJSON_AddStringToObject(r, "mode", mode);
     cJSON_AddStringToObject(r, "dtype", o->dtype == DT_INVALID ? "auto" : dt_torch_name(o->dtype));
     add_u64(r, "tensors", pl->ntensors);
     add_u64(r, "replicated", pl->n_replicated);

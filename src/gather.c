@@ -1,4 +1,5 @@
-/* xfer.c - windows of output bytes gathered at the writer (see xfer.h). */
+/* gather.c - the gather engine: windows of output bytes gathered at the
+ * writer, which writes them through an I/O thread (see xfer.h). */
 #include "xfer.h"
 
 #include <errno.h>
@@ -11,150 +12,8 @@
 
 #include "comm.h"
 #include "dtype.h"
+#include "segment.h"
 #include "util.h"
-
-/* ---- segments: the part of one piece's run that falls in a window ---- */
-
-typedef struct seg {
-    size_t tensor;  /* index in pl->tensors */
-    size_t piece;   /* index in the tensor's pieces */
-    uint64_t run, j0, n;
-    uint64_t out;   /* byte offset in the data section */
-    bool last;      /* holds the piece's last element */
-} seg;
-
-typedef int (*seg_fn)(void *ctx, const seg *s, fm_err *e);
-
-/* Calls fn for every segment of [wa, wb) of file f (of process proc, or of
- * all when proc < 0), in the one order every process agrees on: tensor,
- * piece, run. *cursor is the first tensor of the file not yet finished. */
-static int for_each_segment(const plan *pl, size_t *cursor, int f, uint64_t wa, uint64_t wb, int proc, seg_fn fn,
-                            void *ctx, fm_err *e)
-{
-    const plan_file *pf = &pl->files[f];
-    while (*cursor < pf->first + pf->count && pl->tensors[*cursor].end <= wa) (*cursor)++;
-    for (size_t ti = *cursor; ti < pf->first + pf->count; ti++) {
-        const plan_tensor *t = &pl->tensors[ti];
-        if (t->begin >= wb) break;
-        uint64_t es = dt_size(t->out_dtype);
-        uint64_t ea = (FM_MAX(wa, t->begin) - t->begin) / es;
-        uint64_t eb = (FM_MIN(wb, t->end) - t->begin) / es;
-        for (size_t pi = 0; pi < t->npieces; pi++) {
-            const plan_piece *p = &t->pieces[pi];
-            if (proc >= 0 && p->proc != proc) continue;
-            for (uint64_t r = plan_first_run_after(t, p, ea); r < p->nruns; r++) {
-                uint64_t s0 = plan_run_first(t, p, r);
-                if (s0 >= eb) break;
-                uint64_t lo = FM_MAX(s0, ea), hi = FM_MIN(s0 + p->run_len, eb);
-                seg s = {ti, pi, r, lo - s0, hi - lo, t->begin + lo * es,
-                         r == p->nruns - 1 && hi == s0 + p->run_len};
-                FM_TRY(fn(ctx, &s, e));
-            }
-        }
-    }
-    return 0;
-}
-
-/* ---- sources: one ranged reader per (rank, storage) this process uses ---- */
-
-typedef struct slot {
-    int rank;
-    const char *storage;
-    ptz_rec *rec;
-    size_t remaining; /* pieces still to finish before the CRC check */
-} slot;
-
-typedef struct sources {
-    ptz_file *const *zips;
-    slot *slots;
-    size_t nslots;
-    size_t *piece_base; /* first flat piece id of each tensor */
-    size_t *slot_of;    /* flat piece id -> slot, SIZE_MAX when not ours */
-    uint64_t bytes_read;
-} sources;
-
-static int sources_init(sources *s, const plan *pl, ptz_file *const *zips, int me, fm_err *e)
-{
-    memset(s, 0, sizeof *s);
-    s->zips = zips;
-    s->piece_base = malloc(sizeof(size_t) * (pl->ntensors + 1));
-    if (s->piece_base == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    size_t total = 0;
-    for (size_t i = 0; i < pl->ntensors; i++) {
-        s->piece_base[i] = total;
-        total += pl->tensors[i].npieces;
-    }
-    s->piece_base[pl->ntensors] = total;
-    s->slot_of = malloc(sizeof(size_t) * (total ? total : 1));
-    s->slots = calloc(total ? total : 1, sizeof *s->slots);
-    if (s->slot_of == NULL || s->slots == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    for (size_t i = 0; i < pl->ntensors; i++) {
-        for (size_t k = 0; k < pl->tensors[i].npieces; k++) {
-            const plan_piece *p = &pl->tensors[i].pieces[k];
-            size_t id = s->piece_base[i] + k, j;
-            s->slot_of[id] = SIZE_MAX;
-            if (p->proc != me) continue;
-            if (zips[p->rank] == NULL) return fm_fail(e, FM_EINTERNAL, "rank %d's file is not open here", p->rank);
-            for (j = 0; j < s->nslots; j++)
-                if (s->slots[j].rank == p->rank && strcmp(s->slots[j].storage, p->view.storage) == 0) break;
-            if (j == s->nslots) s->slots[s->nslots++] = (slot){p->rank, p->view.storage, NULL, 0};
-            s->slots[j].remaining++;
-            s->slot_of[id] = j;
-        }
-    }
-    return 0;
-}
-
-static void sources_free(sources *s)
-{
-    for (size_t j = 0; j < s->nslots; j++) ptz_rec_close(s->slots[j].rec);
-    free(s->slots);
-    free(s->slot_of);
-    free(s->piece_base);
-}
-
-static int src_context(fm_err *e, const sources *s, const slot *sl)
-{
-    return fm_context(e, "rank %d: %s", sl->rank, ptz_path(s->zips[sl->rank]));
-}
-
-/* Reads the source elements of segment sg, converts them into dst. */
-static int read_segment(sources *s, const plan *pl, const seg *sg, uint8_t *dst, fm_err *e)
-{
-    const plan_tensor *t = &pl->tensors[sg->tensor];
-    const plan_piece *p = &t->pieces[sg->piece];
-    slot *sl = &s->slots[s->slot_of[s->piece_base[sg->tensor] + sg->piece]];
-    ptz_file *z = s->zips[sl->rank];
-    if (sl->rec == NULL && ptz_rec_open(z, sl->storage, &sl->rec, e)) return src_context(e, s, sl);
-    size_t ses = dt_size(t->src_dtype), oes = dt_size(t->out_dtype);
-    const uint8_t *b;
-    if (p->src_contig) {
-        uint64_t elem = (uint64_t)plan_run_src(p, sg->run) + sg->j0, left = sg->n;
-        uint64_t max = ptz_buffer_size(z) / ses;
-        while (left > 0) {
-            uint64_t take = FM_MIN(left, max);
-            if (ptz_rec_get(sl->rec, elem * ses, take * ses, &b, e)) return src_context(e, s, sl);
-            dt_convert(t->src_dtype, t->out_dtype, b, dst, take, p->big_endian);
-            dst += take * oes;
-            elem += take;
-            left -= take;
-        }
-    } else {
-        for (uint64_t j = 0; j < sg->n; j++) {
-            uint64_t elem = (uint64_t)plan_src_elem(p, sg->run, sg->j0 + j);
-            if (ptz_rec_get(sl->rec, elem * ses, ses, &b, e)) return src_context(e, s, sl);
-            dt_convert(t->src_dtype, t->out_dtype, b, dst + j * oes, 1, p->big_endian);
-        }
-    }
-    s->bytes_read += sg->n * ses;
-    if (sg->last && --sl->remaining == 0) {
-        int rc = ptz_rec_finish(sl->rec, e);
-        ptz_rec_close(sl->rec);
-        sl->rec = NULL;
-        if (rc) return src_context(e, s, sl);
-    }
-    return 0;
-}
 
 /* ---- the I/O thread: writes full windows while the next one is gathered ---- */
 
@@ -262,7 +121,7 @@ typedef struct xctx {
     const xf_opts *o;
     MPI_Comm comm;
     int me, nprocs;
-    sources src;
+    sg_sources src;
     uint8_t *pack;        /* this process's packed bytes */
     size_t pack_len;
     /* writer only */
@@ -275,17 +134,17 @@ typedef struct xctx {
     iothread io;
 } xctx;
 
-static int pack_seg(void *ctx, const seg *s, fm_err *e)
+static int pack_seg(void *ctx, const sg_seg *s, fm_err *e)
 {
     xctx *x = ctx;
     const plan_tensor *t = &x->pl->tensors[s->tensor];
     uint8_t *dst = x->me == x->o->writer ? x->cur_win + (s->out - x->wa) : x->pack + x->pack_len;
-    FM_TRY(read_segment(&x->src, x->pl, s, dst, e));
+    FM_TRY(sg_read(&x->src, x->pl, s, dst, e));
     if (x->me != x->o->writer) x->pack_len += s->n * dt_size(t->out_dtype);
     return 0;
 }
 
-static int count_seg(void *ctx, const seg *s, fm_err *e)
+static int count_seg(void *ctx, const sg_seg *s, fm_err *e)
 {
     (void)e;
     xctx *x = ctx;
@@ -295,7 +154,7 @@ static int count_seg(void *ctx, const seg *s, fm_err *e)
     return 0;
 }
 
-static int unpack_seg(void *ctx, const seg *s, fm_err *e)
+static int unpack_seg(void *ctx, const sg_seg *s, fm_err *e)
 {
     (void)e;
     xctx *x = ctx;
@@ -313,11 +172,11 @@ static int gather_window(xctx *x, int f, size_t *cursor, uint64_t wa, uint64_t w
     bool writer = x->me == x->o->writer;
     x->wa = wa;
     x->pack_len = 0;
-    if (e->code == 0) for_each_segment(x->pl, cursor, f, wa, wb, x->me, pack_seg, x, e);
+    if (e->code == 0) sg_for_each_in_window(x->pl, cursor, f, wa, wb, x->me, pack_seg, x, e);
     FM_TRY(comm_agree_all(e, x->comm));
     if (writer) {
         memset(x->counts, 0, sizeof(int) * (size_t)x->nprocs);
-        for_each_segment(x->pl, cursor, f, wa, wb, -1, count_seg, x, e);
+        sg_for_each_in_window(x->pl, cursor, f, wa, wb, -1, count_seg, x, e);
         int total = 0;
         for (int q = 0; q < x->nprocs; q++) {
             x->displs[q] = total;
@@ -328,7 +187,7 @@ static int gather_window(xctx *x, int f, size_t *cursor, uint64_t wa, uint64_t w
     int mrc = MPI_Gatherv(x->pack, (int)x->pack_len, MPI_BYTE, x->recv, x->counts, x->displs, MPI_BYTE, x->o->writer,
                           x->comm);
     if (mrc != MPI_SUCCESS) return comm_mpi_error(e, mrc, "MPI_Gatherv");
-    if (writer) for_each_segment(x->pl, cursor, f, wa, wb, -1, unpack_seg, x, e);
+    if (writer) sg_for_each_in_window(x->pl, cursor, f, wa, wb, -1, unpack_seg, x, e);
     return 0;
 }
 
@@ -394,7 +253,7 @@ static int xctx_init(xctx *x, const plan *pl, ptz_file *const *zips, const xf_op
     x->comm = comm;
     MPI_Comm_rank(comm, &x->me);
     MPI_Comm_size(comm, &x->nprocs);
-    int rc = sources_init(&x->src, pl, zips, x->me, e);
+    int rc = sg_sources_init(&x->src, pl, zips, x->me, e);
     x->pack = malloc(o->window);
     if (rc == 0 && x->pack == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory (%zu-byte window)", o->window);
     if (rc == 0 && x->me == o->writer) {
@@ -414,7 +273,7 @@ static int xctx_init(xctx *x, const plan *pl, ptz_file *const *zips, const xf_op
 static void xctx_free(xctx *x)
 {
     io_stop(&x->io, NULL);
-    sources_free(&x->src);
+    sg_sources_free(&x->src);
     free(x->pack);
     free(x->win[0]);
     free(x->win[1]);
