@@ -66,6 +66,29 @@ static const opt_spec SPECS[] = {
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
 };
 
+/* Prints text from column `indent`, wrapping at `width` on spaces. */
+static void print_wrapped(FILE *out, const char *text, int indent, int width)
+{
+    int col = indent;
+    const char *p = text;
+    while (*p) {
+        const char *sp = strchr(p, ' ');
+        int wl = sp ? (int)(sp - p) : (int)strlen(p);
+        if (col > indent && col + 1 + wl > width) {
+            fprintf(out, "\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            fputc(' ', out);
+            col++;
+        }
+        fprintf(out, "%.*s", wl, p);
+        col += wl;
+        p += wl;
+        while (*p == ' ') p++;
+    }
+    fputc('\n', out);
+}
+
 void cli_usage(FILE *out)
 {
     fprintf(out,
@@ -85,7 +108,8 @@ void cli_usage(FILE *out)
         char sh[8] = "";
         if (s->short_name) snprintf(sh, sizeof sh, "-%c, ", s->short_name);
         snprintf(left, sizeof left, "%s--%s%s%s", sh, s->name, s->arg ? " " : "", s->arg ? s->arg : "");
-        fprintf(out, "  %-30s %s\n", left, s->help);
+        fprintf(out, "  %-30s ", left);
+        print_wrapped(out, s->help, 33, 100);
     }
     fprintf(out, "\nexit codes: 0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree,\n"
                  "7 output exists, 8 out of memory, 9 MPI, 10 internal\n");

@@ -1,15 +1,33 @@
 /* progress.c - see progress.h. */
 #include "progress.h"
 
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "util.h"
+
+/* Is the user looking at a terminal? Under mpirun a rank's stdout is a
+ * pseudo-terminal of Open MPI's even when mpirun's own output goes to a
+ * file, so ask what the launcher's (the parent's) stdout is. */
+static bool on_terminal(FILE *out)
+{
+    const char *term = getenv("TERM");
+    if (term && strcmp(term, "dumb") == 0) return false;
+    if (getenv("OMPI_COMM_WORLD_SIZE") == NULL && getenv("PMIX_RANK") == NULL) return isatty(fileno(out));
+    char link[64], target[256];
+    snprintf(link, sizeof link, "/proc/%ld/fd/1", (long)getppid());
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) return false;
+    target[n] = '\0';
+    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
+}
 
 void pg_start(pg_bar *p, FILE *out, pg_mode mode, uint64_t total)
 {
     p->out = out;
     p->enabled = mode != PG_NONE;
-    p->bar = mode == PG_BAR || (mode == PG_AUTO && isatty(fileno(out)));
+    p->bar = mode == PG_BAR || (mode == PG_AUTO && on_terminal(out));
     p->t0 = p->last = fm_now();
     p->total = total;
     p->last_decile = -1;

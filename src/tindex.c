@@ -568,7 +568,16 @@ static const pkl_value *find_state_dict(const pkl_value *root)
     return d;
 }
 
+static int build_entries(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e);
+
 int ti_build(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e)
+{
+    int rc = build_entries(root, zip, rank, out, e);
+    if (rc) ti_index_free(out); /* nothing half-built survives an error */
+    return rc;
+}
+
+static int build_entries(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e)
 {
     memset(out, 0, sizeof *out);
     out->rank = rank;

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# bench.sh - memory and throughput of fsdpmerge against the storage's floor.
+#
+# For each model shape (BENCH_MODELS, default: the Qwen2.5-0.5B and -3B
+# shapes, fp32, world size 4) it synthesizes a checkpoint in BENCH_DIR and
+# measures, in the same run:
+#   - the I/O floor: reading every shard file once (cat > /dev/null, after a
+#     warm-up read: the merge reads from the same page cache) plus writing
+#     the output's number of bytes with fsync (dd conv=fsync);
+#   - fsdpmerge at -np 1, 2, 4 (BENCH_NPS) in gather and direct mode
+#     (BENCH_MODES), bf16 output, mpirun start-up included: wall time, GB/s of
+#     input, ratio to the floor, peak RSS of every process (GNU time).
+# Prints a table, writes docs/benchmarks-results.md and docs/bench.png, and
+# checks the targets (printed as met or not met).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
+BENCH_DIR=${BENCH_DIR:-/tmp/fsdpmerge-bench}
+BENCH_MODELS=${BENCH_MODELS:-"qwen2.5-0.5b qwen2.5-3b"}
+BENCH_NPS=${BENCH_NPS:-"1 2 4"}
+BENCH_MODES=${BENCH_MODES:-"gather direct"}
+BENCH_EXTRA=${BENCH_EXTRA:-}
+W=4
+RSS_LIMIT_KB=$((256 * 1024))
+RESULTS=${BENCH_RESULTS:-docs/benchmarks-results.md}
+DATA=$BENCH_DIR/results.tsv
+
+mkdir -p "$BENCH_DIR"
+: > "$DATA"
+now() { date +%s.%N; }
+calc() { awk "BEGIN { print $* }"; }
+secs() { calc "$2 - $1"; }
+
+floor_of() { # model dir, output bytes -> seconds
+    local files=("$1"/global_step_1/actor/model_world_size_${W}_rank_*.pt)
+    cat "${files[@]}" > /dev/null # warm-up: the merge reads from the page cache too
+    local t0 t1 t2
+    t0=$(now)
+    cat "${files[@]}" > /dev/null
+    t1=$(now)
+    dd if=/dev/zero of="$BENCH_DIR/floor.bin" bs=16M count=$(( ($2 + 16777215) / 16777216 )) conv=fsync status=none
+    t2=$(now)
+    rm -f "$BENCH_DIR/floor.bin"
+    echo "$(secs "$t0" "$t1") $(secs "$t1" "$t2")"
+}
+
+for model in $BENCH_MODELS; do
+    ck=$BENCH_DIR/$model
+    if [ ! -f "$ck/global_step_1/actor/model_world_size_${W}_rank_0.pt" ]; then
+        echo "== synthesizing $model (world size $W) in $ck"
+        rm -rf "$ck"
+        mpirun -np $W bin/fsdpsynth --out "$ck" --world-size $W --model "$model" > /dev/null
+    fi
+    in_bytes=$(cat "$ck"/global_step_1/actor/model_world_size_${W}_rank_*.pt | wc -c)
+    # output bytes: a bf16 merge is about half the fp32 input; measured after the first run
+    out_bytes=$(( in_bytes / 2 ))
+    read -r t_read t_write < <(floor_of "$ck" "$out_bytes")
+    floor=$(calc "$t_read + $t_write")
+    printf '== %s: %.2f GB of shards; floor %.2f s (read %.2f s, write+fsync %.2f s)\n' "$model" \
+        "$(calc "$in_bytes / 1e9")" "$floor" "$t_read" "$t_write"
+    for mode in $BENCH_MODES; do
+        for np in $BENCH_NPS; do
+            out=$BENCH_DIR/out-$model
+            rm -rf "$out" "$BENCH_DIR"/rss.*
+            t0=$(now)
+            # shellcheck disable=SC2086
+            mpirun -np "$np" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$ck/global_step_1" --output "$out" \
+                --mode "$mode" --dtype bfloat16 -q $BENCH_EXTRA
+            t1=$(now)
+            wall=$(secs "$t0" "$t1")
+            rss=$(cat "$BENCH_DIR"/rss.* | sort -n | tr '\n' ' ')
+            max_rss=$(cat "$BENCH_DIR"/rss.* | sort -n | tail -1)
+            ratio=$(calc "$wall / $floor")
+            gbs=$(calc "$in_bytes / $wall / 1e9")
+            printf '%-14s %-7s np=%-2s %7.2f s  %5.2f GB/s  %4.2fx floor  peak RSS %6.1f MiB (all: %s KiB)\n' \
+                "$model" "$mode" "$np" "$wall" "$gbs" "$ratio" "$(calc "$max_rss / 1024")" "$rss"
+            printf '%s\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\n' "$model" "$mode" "$np" "$wall" "$floor" "$ratio" "$gbs" \
+                "$max_rss" "$in_bytes" >> "$DATA"
+            rm -rf "$out"
+        done
+    done
+done
+
+# ---- targets ----
+echo
+status=0
+for model in $BENCH_MODELS; do
+    limit=1.5
+    [ "$model" = qwen2.5-3b ] && limit=1.25
+    best=$(awk -F'\t' -v m="$model" '$1 == m { print $6 }' "$DATA" | sort -n | head -1)
+    met=$(calc "$best <= $limit")
+    printf 'target %-14s wall time at the best process count <= %.2fx floor: %.2fx  %s\n' "$model" "$limit" "$best" \
+        "$([ "$met" = 1 ] && echo MET || echo 'NOT MET')"
+    [ "$met" = 1 ] || status=1
+    worst=$(awk -F'\t' -v m="$model" '$1 == m { print $8 }' "$DATA" | sort -n | tail -1)
+    printf 'target %-14s peak RSS of every process <= 256 MiB: %.1f MiB  %s\n' "$model" "$(calc "$worst / 1024")" \
+        "$([ "$worst" -le $RSS_LIMIT_KB ] && echo MET || echo 'NOT MET')"
+    [ "$worst" -le $RSS_LIMIT_KB ] || status=1
+done
+
+# ---- report and plot ----
+{
+    echo "| model | mode | processes | wall (s) | floor (s) | ratio | input GB/s | peak RSS (MiB) |"
+    echo "|---|---|---|---|---|---|---|---|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %.2f | %.2f | %.2fx | %.2f | %.1f |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024 }' "$DATA"
+} > "$RESULTS"
+echo "results: $RESULTS"
+if command -v gnuplot > /dev/null; then
+    gnuplot <<GP || true
+set terminal pngcairo size 1100,420 font ",10"
+set output "docs/bench.png"
+set datafile separator "\t"
+set multiplot layout 1,2 title "fsdpmerge: ${BENCH_MODELS} (fp32 shards, world size $W, bf16 output)"
+set xlabel "processes"; set ylabel "wall time / I/O floor"; set key top right; set xtics (1,2,4); set grid
+plot for [m in "${BENCH_MODELS}"] for [mode in "${BENCH_MODES}"] \
+  "< awk -F'\\t' '\$1==\"".m."\" && \$2==\"".mode."\"' $DATA" using 3:6 with linespoints title m." ".mode
+set ylabel "peak RSS per process (MiB)"; set yrange [0:300]
+plot for [m in "${BENCH_MODELS}"] for [mode in "${BENCH_MODES}"] \
+  "< awk -F'\\t' '\$1==\"".m."\" && \$2==\"".mode."\"' $DATA" using 3:(\$8/1024) with linespoints title m." ".mode, \
+  256 with lines dt 2 lc rgb "red" title "256 MiB target"
+unset multiplot
+GP
+    echo "plot: docs/bench.png"
+fi
+exit $status
