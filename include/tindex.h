@@ -76,7 +76,8 @@ typedef struct ti_index {
 /*! ti_build() : interprets root (the unpickled data.pkl of zip) as a state
  *  dict. zip is used to check storage record sizes and to read device-mesh
  *  rank maps when a coordinate is not pickled. Errors name the key.
- *  @return : 0 or an fm_code; out must be freed with ti_index_free(). */
+ *  @return : 0 (out must then be freed with ti_index_free()) or an fm_code
+ *  (out is left empty). */
 int ti_build(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e);
 
 /*! ti_load() : opens nothing itself: reads data.pkl of zip, ti_build()s it. */
