@@ -358,6 +358,13 @@ static int check_agree(const ti_entry *const *ents, int W, fm_err *e)
         if (b->dtype != a->dtype)
             return fm_fail(e, FM_EMISMATCH, "key '%s': dtype %s on rank 0 but %s on rank %d", a->key, dt_torch_name(a->dtype),
                            dt_torch_name(b->dtype), r);
+        if (a->kind == TI_DTENSOR && strcmp(a->placements, b->placements) != 0)
+            return fm_fail(e, FM_EMISMATCH, "key '%s': placements %s on rank 0 but %s on rank %d", a->key, a->placements,
+                           b->placements, r);
+        if (a->kind == TI_DTENSOR && !same_shape(a->mesh_ndim, a->mesh_shape, b->mesh_ndim, b->mesh_shape))
+            return fm_fail(e, FM_EMISMATCH, "key '%s': device mesh %s on rank 0 but %s on rank %d", a->key,
+                           ti_format_shape(a->mesh_ndim, a->mesh_shape, x, sizeof x),
+                           ti_format_shape(b->mesh_ndim, b->mesh_shape, y, sizeof y), r);
         if (a->kind != TI_PLAIN && !same_shape(a->ndim, a->gshape, b->ndim, b->gshape))
             return fm_fail(e, FM_EMISMATCH, "key '%s': global shape %s on rank 0 but %s on rank %d", a->key,
                            ti_format_shape(a->ndim, a->gshape, x, sizeof x), ti_format_shape(b->ndim, b->gshape, y, sizeof y), r);
