@@ -38,6 +38,7 @@ typedef struct cli_opts {
     const char *architecture; /* NULL = keep or infer */
     const char *report;       /* JSON summary path, NULL = none */
     bool force, no_crc, no_fsync;
+    bool optimizer;           /* also merge the optimizer state */
     cli_mode mode;
     const char *shard_template; /* %w world size, %r rank, %k kind; NULL = next to fsdp_config.json */
     const char *hints[CLI_MAX_HINTS]; /* "key=value" MPI-IO hints */

@@ -28,6 +28,12 @@ int comm_agree_all(fm_err *e, MPI_Comm comm);
  *  in total (Open MPI 4 has no large-count collectives). */
 int comm_allgather_blobs_all(const void *buf, size_t len, MPI_Comm comm, uint8_t **all, uint64_t **offs, fm_err *e);
 
+/*! comm_write_at_writer_all() : COLLECTIVE. A small file that process
+ *  `from` built (buf/len, ignored elsewhere) is written by process `writer`
+ *  as dir/name (sent there first when from != writer). */
+int comm_write_at_writer_all(const void *buf, size_t len, int from, int writer, const char *dir, const char *name,
+                             MPI_Comm comm, fm_err *e);
+
 /*! comm_mpi_error() : fills e with the text of an MPI error code. */
 int comm_mpi_error(fm_err *e, int mpi_rc, const char *what);
 

@@ -38,6 +38,7 @@ int dt_st_order(dt_type t);
 dt_type dt_from_torch_name(const char *name);     /* "float32" or "torch.float32"; also "float", "half", "bfloat16" */
 dt_type dt_from_st_name(const char *name);        /* "F32" */
 dt_type dt_from_storage_class(const char *name);  /* "FloatStorage", "BFloat16Storage", ... */
+const char *dt_storage_class(dt_type t);          /* the legacy typed-storage class, NULL if none */
 
 uint16_t dt_f32_to_bf16(uint32_t bits);
 uint16_t dt_f32_to_f16(uint32_t bits);

@@ -39,6 +39,8 @@ typedef struct plan_opts {
     bool tie_word_embeddings;   /* from config.json */
     plan_plain_mode plain;
     size_t header_align;        /* 0, or pad headers so data starts at a multiple */
+    const char *file_stem;      /* "model" (NULL) -> model.safetensors, model-00001-of-... */
+    bool no_metadata;           /* omit __metadata__ {"format": "pt"} from the headers */
 } plan_opts;
 
 typedef struct plan_piece {
@@ -89,6 +91,7 @@ typedef struct plan {
     size_t nwarnings;
     char *index_json;            /* model.safetensors.index.json text, NULL for one file */
     char head[16];               /* "lm_head", "score" or "" (for the architecture) */
+    char *dropped_key;           /* state-dict key of the dropped tied tensor, or NULL */
 } plan;
 
 /*! plan_build() : ix[r] is rank r's index (r = 0..W-1). Errors name the key

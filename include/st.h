@@ -15,6 +15,7 @@
 #ifndef FM_ST_H
 #define FM_ST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,9 @@ int st_layout(st_entry *t, size_t n, fm_err *e);
  *  that the data section starts at a multiple of it in the file: legal
  *  (trailing spaces) and useful for striped file systems. */
 int st_header(const st_entry *t, size_t n, size_t extra_align, fm_buf *out, fm_err *e);
+/*! st_header_ex() : st_header() with or without the __metadata__ entry
+ *  (safetensors' save_file() without metadata writes none). */
+int st_header_ex(const st_entry *t, size_t n, size_t extra_align, bool pt_metadata, fm_buf *out, fm_err *e);
 
 /* A parsed header (for verification and inspect). */
 typedef struct st_header_info {

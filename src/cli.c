@@ -10,7 +10,7 @@
 enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
-    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS
+    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER
 };
 
 typedef struct opt_spec {
@@ -55,6 +55,9 @@ static const opt_spec SPECS[] = {
      "%r rank, %k file kind); for shards on node-local disks"},
     {"mpi-hint", 0, required_argument, OPT_HINT, "KEY=VALUE", "an MPI-IO hint for direct mode (repeatable), e.g. striping_factor=8"},
     {"show-hints", 0, no_argument, OPT_SHOWHINTS, NULL, "print the MPI-IO hints in effect (direct mode)"},
+    {"optimizer", 0, no_argument, OPT_OPTIMIZER, NULL,
+     "also merge the optimizer state (FSDP2): optimizer/optimizer.safetensors ({name}.exp_avg, ...) and "
+     "optimizer/optimizer_state.json"},
     {"force", 'f', no_argument, OPT_FORCE, NULL, "replace an existing output folder"},
     {"no-crc", 0, no_argument, OPT_NOCRC, NULL, "do not verify the CRC-32 of the records read"},
     {"no-fsync", 0, no_argument, OPT_NOFSYNC, NULL, "do not fsync the output before the final rename"},
@@ -189,6 +192,7 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
         o->hints[o->nhints++] = arg;
         return 0;
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
+    case OPT_OPTIMIZER: o->optimizer = true; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);

@@ -1,6 +1,8 @@
 /* comm.c - see comm.h. */
 #include "comm.h"
 
+#include "util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,4 +75,36 @@ int comm_allgather_blobs_all(const void *buf, size_t len, MPI_Comm comm, uint8_t
     *all = a;
     *offs = o;
     return 0;
+}
+
+int comm_write_at_writer_all(const void *buf, size_t len, int from, int writer, const char *dir, const char *name,
+                             MPI_Comm comm, fm_err *e)
+{
+    int me;
+    MPI_Comm_rank(comm, &me);
+    uint64_t n = len;
+    const void *data = buf;
+    void *own = NULL;
+    if (from != writer && me == from) {
+        MPI_Send(&n, 1, MPI_UINT64_T, writer, 71, comm);
+        MPI_Send(buf, (int)n, MPI_BYTE, writer, 72, comm);
+    } else if (from != writer && me == writer) {
+        MPI_Recv(&n, 1, MPI_UINT64_T, from, 71, comm, MPI_STATUS_IGNORE);
+        own = malloc(n ? n : 1);
+        if (own == NULL) { /* still take the message, or the sender waits forever */
+            char dummy;
+            MPI_Recv(&dummy, 0, MPI_BYTE, from, 72, comm, MPI_STATUS_IGNORE);
+            return fm_fail(e, FM_ENOMEM, "out of memory");
+        }
+        MPI_Recv(own, (int)n, MPI_BYTE, from, 72, comm, MPI_STATUS_IGNORE);
+        data = own;
+    }
+    int rc = 0;
+    if (me == writer) {
+        char *path = fm_path_join(dir, name);
+        rc = path ? fm_write_file(path, data, n, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+        free(path);
+    }
+    free(own);
+    return rc;
 }

@@ -70,6 +70,8 @@ dt_type dt_from_st_name(const char *name)
     return DT_INVALID;
 }
 
+const char *dt_storage_class(dt_type t) { return info(t)->storage; }
+
 dt_type dt_from_storage_class(const char *name)
 {
     if (name == NULL) return DT_INVALID;

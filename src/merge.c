@@ -9,7 +9,9 @@
 
 #include "ckpt.h"
 #include "comm.h"
+#include "extrastate.h"
 #include "hfdir.h"
+#include "optim.h"
 #include "outdir.h"
 #include "plan.h"
 #include "progress.h"
@@ -164,6 +166,10 @@ static int discover(run *r, fm_err *e)
     if (r->nprocs > r->layout.world_size)
         return fm_fail(e, FM_EUSAGE, "%d processes for a checkpoint of world size %d: run at most -np %d",
                        r->nprocs, r->layout.world_size, r->layout.world_size);
+    if (o->optimizer && r->layout.fsdp_version == 1)
+        return fm_fail(e, FM_EUNSUPPORTED,
+                       "--optimizer: this is an FSDP1 checkpoint (fsdp_config.json), whose optimizer state is flat "
+                       "per-rank shards of FlatParameters that cannot be split per parameter; merge without --optimizer");
     FM_TRY(make_info(r, e));
     /* the writer creates the temporary output folder */
     if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
@@ -263,12 +269,12 @@ static int open_mine(run *r, fm_err *e)
 
 /* ---- phase 3: exchange indexes ---- */
 
-static int exchange(run *r, fm_err *e)
+static int exchange(run *r, ti_index *ix, fm_err *e)
 {
     int W = r->layout.world_size;
     fm_buf mine = {0};
     for (int k = r->me; k < W; k += r->nprocs) {
-        int rc = ti_pack(&r->ix[k], &mine, e);
+        int rc = ti_pack(&ix[k], &mine, e);
         if (rc) {
             fm_buf_free(&mine);
             return rc;
@@ -283,7 +289,7 @@ static int exchange(run *r, fm_err *e)
         if (q == r->me) continue; /* own indexes are already here */
         /* process q's blob: the packed indexes of ranks q, q+P, ... back to back */
         const uint8_t *p = all + offs[q], *end = all + offs[q + 1];
-        for (int k = q; k < W && rc == 0; k += r->nprocs) rc = ti_unpack_next(&p, end, &r->ix[k], e);
+        for (int k = q; k < W && rc == 0; k += r->nprocs) rc = ti_unpack_next(&p, end, &ix[k], e);
     }
     free(all);
     free(offs);
@@ -353,6 +359,20 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
     if (r->talk) pg_update(&r->bar, done);
 }
 
+/* memory per process: gather keeps 3 windows at the writer (2 being
+ * written/filled + 1 received), direct 1; read buffers get a quarter */
+static int run_engine(run *r, const plan *pl, ptz_file *const *zips, const char *dir, bool hints, xf_stats *xs, fm_err *e)
+{
+    xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .info = r->info,
+                  .hints_out = hints && r->talk ? r->out : NULL};
+    if (r->direct) {
+        xo.window = (size_t)(r->o->buffer_size / 2);
+        return xf_direct_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
+    }
+    xo.window = (size_t)(r->o->buffer_size / 4);
+    return xf_gather_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
+}
+
 static int move_data(run *r, fm_err *e)
 {
     char sz[32];
@@ -360,18 +380,7 @@ static int move_data(run *r, fm_err *e)
         r->pl.nfiles == 1 ? "" : "s", fm_format_bytes(r->pl.total_bytes, sz, sizeof sz),
         r->o->dtype == DT_INVALID ? "dtype as saved" : dt_torch_name(r->o->dtype));
     if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
-    xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .info = r->info,
-                  .hints_out = r->o->show_hints && r->talk ? r->out : NULL};
-    int rc;
-    /* memory per process: gather keeps 3 windows at the writer (2 being
-     * written/filled + 1 received), direct 1; read buffers get a quarter */
-    if (r->direct) {
-        xo.window = (size_t)(r->o->buffer_size / 2);
-        rc = xf_direct_all(&r->pl, r->zips, r->tmpdir, &xo, on_progress, r, r->comm, &r->xs, e);
-    } else {
-        xo.window = (size_t)(r->o->buffer_size / 4);
-        rc = xf_gather_all(&r->pl, r->zips, r->tmpdir, &xo, on_progress, r, r->comm, &r->xs, e);
-    }
+    int rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
     if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
     return rc;
 }
@@ -414,6 +423,112 @@ static int write_side_files(run *r, fm_err *e)
         FM_TRY(rc);
     }
     return 0;
+}
+
+/* extra_state_merged.pt + lr_scheduler_state.json, next to the weights */
+static int training_state(run *r, fm_err *e)
+{
+    es_result res;
+    say(r, "\nMerging extra_state files...\n");
+    FM_TRY(es_merge_all(&r->layout, r->tmpdir, r->writer, r->o->no_crc, r->comm, &res, e));
+    if (!res.present) {
+        say(r, "  no extra_state files: no training state to merge\n");
+        return 0;
+    }
+    if (res.warning[0]) say(r, "  warning: %s\n", res.warning);
+    say(r, "\xe2\x9c\x93 Saved extra_state to %s/extra_state_merged.pt%s%s%s\n", r->o->output,
+        res.device[0] ? " (" : "", res.device, res.device[0] ? " RNG states of every rank)" : "");
+    say(r, "\xe2\x9c\x93 Saved lr_scheduler state to %s/lr_scheduler_state.json\n", r->o->output);
+    return 0;
+}
+
+/* ---- phase 7 (--optimizer): the optimizer state, merged like the weights ---- */
+
+typedef struct optrun {
+    ptz_file **zips;
+    ti_index *ix;
+    int64_t nparams;
+    const char **names;
+    plan pl;
+    char *dir;
+} optrun;
+
+static int open_optim(run *r, optrun *op, fm_err *e)
+{
+    int W = r->layout.world_size;
+    op->zips = calloc((size_t)W, sizeof *op->zips);
+    op->ix = calloc((size_t)W, sizeof *op->ix);
+    if (op->zips == NULL || op->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    for (int k = r->me; k < W; k += r->nprocs) {
+        char *path = ck_rank_file(&r->layout, "optim", k);
+        int64_t np = 0;
+        if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, 1u << 20, &op->zips[k], e);
+        if (rc == 0) rc = op_index(op->zips[k], k, &op->ix[k], &np, e);
+        if (rc == 0 && k == 0) op->nparams = np;
+        for (size_t i = 0; rc == 0 && i < op->ix[k].n; i++)
+            if (op->ix[k].entries[i].kind == TI_PLAIN && r->ix[k].n && r->ix[k].entries[0].kind != TI_PLAIN)
+                rc = fm_fail(e, FM_EUNSUPPORTED, "optimizer state '%s' is a plain (flat) tensor while the weights are "
+                             "sharded: an FSDP1-style flat optimizer cannot be split per parameter", op->ix[k].entries[i].key);
+        if (rc == 0) rc = hash_pieces(r, &op->ix[k], op->zips[k], e);
+        if (rc) fm_context(e, "rank %d: %s", k, path);
+        free(path);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int plan_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
+{
+    MPI_Bcast(&op->nparams, 1, MPI_INT64_T, 0, r->comm);
+    FM_TRY(op_name_states(op->ix, r->layout.world_size, &r->ix[0], r->pl.dropped_key, op->nparams, &op->names, warning,
+                          wlen, e));
+    plan_opts po = {.world_size = r->layout.world_size, .nprocs = r->nprocs, .out_dtype = DT_INVALID,
+                    .max_shard_size = UINT64_MAX, .plain = r->o->plain, .file_stem = "optimizer", .no_metadata = true};
+    return plan_build(op->ix, &po, &op->pl, e);
+}
+
+static int optimizer_phase(run *r, fm_err *e)
+{
+    if (!r->o->optimizer) return 0;
+    int W = r->layout.world_size;
+    optrun op;
+    memset(&op, 0, sizeof op);
+    char warning[512] = "";
+    say(r, "\nMerging the optimizer state...\n");
+    open_optim(r, &op, e);
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = exchange(r, op.ix, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) plan_optim(r, &op, warning, sizeof warning, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    op.dir = rc == 0 ? fm_path_join(r->tmpdir, "optimizer") : NULL;
+    if (rc == 0 && r->me == r->writer) fm_mkdir_p(op.dir, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    xf_stats xs;
+    if (rc == 0) rc = run_engine(r, &op.pl, op.zips, op.dir, false, &xs, e);
+    fm_buf json = {0};
+    if (rc == 0 && r->me == 0) op_state_json(op.zips[0], op.names, op.nparams, &json, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = comm_write_at_writer_all(json.data, json.len, 0, r->writer, op.dir, "optimizer_state.json", r->comm, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) {
+        char sz[32];
+        if (warning[0]) say(r, "  warning: %s\n", warning);
+        say(r, "\xe2\x9c\x93 Saved %zu optimizer tensors (%s) to %s/optimizer/optimizer.safetensors and "
+            "optimizer_state.json\n", op.pl.ntensors, fm_format_bytes(op.pl.total_bytes, sz, sizeof sz), r->o->output);
+    }
+    fm_buf_free(&json);
+    for (int k = 0; k < W; k++) {
+        if (op.zips) ptz_close(op.zips[k]);
+        if (op.ix) ti_index_free(&op.ix[k]);
+    }
+    free(op.zips);
+    free(op.ix);
+    free(op.names);
+    free(op.dir);
+    plan_free(&op.pl);
+    return rc;
 }
 
 static int finalize(run *r, fm_err *e)
@@ -473,7 +588,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         t = MPI_Wtime();
         open_mine(&r, e);
         rc = comm_agree_all(e, comm);
-        if (rc == 0) rc = exchange(&r, e);
+        if (rc == 0) rc = exchange(&r, r.ix, e);
         if (rc == 0) rc = comm_agree_all(e, comm);
         r.times.index = MPI_Wtime() - t;
     }
@@ -491,7 +606,9 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     }
     if (rc == 0) {
         t = MPI_Wtime();
-        rc = finalize(&r, e);
+        rc = training_state(&r, e);
+        if (rc == 0) rc = optimizer_phase(&r, e);
+        if (rc == 0) rc = finalize(&r, e);
         r.times.finalize = MPI_Wtime() - t;
     }
     r.times.total = MPI_Wtime() - t0;

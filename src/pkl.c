@@ -811,6 +811,12 @@ static int pop_mark(vm *m, size_t *base)
 
 static int memo_index_ok(vm *m, uint64_t i)
 {
+    /* picklers number memo entries 0, 1, 2, ... as they store values, so an
+     * index past the values built so far is hostile: refusing it keeps a tiny
+     * file from making the memo array huge */
+    if (i > pkl_doc_node_count(m->doc) + 1)
+        return vm_fail(m, FM_EFORMAT, "memo index %llu is beyond the %zu values built so far", (unsigned long long)i,
+                       pkl_doc_node_count(m->doc));
     if (i >= m->lim.max_memo)
         return vm_fail(m, FM_EFORMAT, "memo index %llu exceeds the limit of %zu (max_memo)", (unsigned long long)i,
                        m->lim.max_memo);

@@ -46,12 +46,13 @@
 #include <string.h>
 
 enum {
-    W_MARK = '(', W_STOP = '.', W_POP = '0', W_BINFLOAT = 'G', W_BININT = 'J', W_BININT1 = 'K', W_BININT2 = 'M',
+    W_MARK = '(', W_STOP = '.', W_BINFLOAT = 'G', W_BININT = 'J', W_BININT1 = 'K', W_BININT2 = 'M',
     W_NONE = 'N', W_BINPERSID = 'Q', W_REDUCE = 'R', W_BINUNICODE = 'X', W_APPEND = 'a', W_BUILD = 'b',
     W_GLOBAL = 'c', W_EMPTY_DICT = '}', W_APPENDS = 'e', W_BINGET = 'h', W_LONG_BINGET = 'j',
     W_EMPTY_LIST = ']', W_BINPUT = 'q', W_LONG_BINPUT = 'r', W_SETITEM = 's', W_TUPLE = 't',
-    W_EMPTY_TUPLE = ')', W_SETITEMS = 'u', W_PROTO = 0x80, W_NEWOBJ = 0x81, W_TUPLE1 = 0x85, W_TUPLE2 = 0x86, W_TUPLE3 = 0x87,
-    W_NEWTRUE = 0x88, W_NEWFALSE = 0x89, W_LONG1 = 0x8a, W_LONG4 = 0x8b, W_NEWOBJ_EX = 0x92
+    W_EMPTY_TUPLE = ')', W_SETITEMS = 'u', W_PROTO = 0x80, W_NEWOBJ = 0x81, W_TUPLE1 = 0x85,
+    W_TUPLE2 = 0x86, W_TUPLE3 = 0x87, W_NEWTRUE = 0x88, W_NEWFALSE = 0x89, W_LONG1 = 0x8a,
+    W_LONG4 = 0x8b, W_NEWOBJ_EX = 0x92
 };
 
 #define BATCH 1000
@@ -93,7 +94,8 @@ typedef struct pkw {
     uint32_t *memo; /* per serial */
     uint8_t *flags; /* per serial */
     uint64_t next_memo;
-    uint32_t latin1; /* memo index of the shared 'latin1' str */
+    uint32_t latin1;  /* memo index of the shared 'latin1' str */
+    uint32_t last_gl; /* memo index of the global written last */
     gslot *gl;
     size_t gl_cap, gl_n;
     task *t;
@@ -291,6 +293,7 @@ static int gl_memo(pkw *w, const char *module, const char *name, size_t nlen)
         free(k);
         return nomem(w);
     }
+    w->last_gl = idx;
     gslot *s = gl_slot(w, k, strlen(k));
     if (s->key) { /* cannot happen: callers look it up first */
         free(k);
@@ -318,6 +321,7 @@ static int put_plain_global(pkw *w, const char *module, const char *name, size_t
     uint32_t idx = gl_find(w, module, name, nlen);
     if (idx != NO_MEMO) {
         put_get(w, idx);
+        w->last_gl = idx;
         return 0;
     }
     if (strchr(module, '\n') || memchr(name, '\n', nlen))
@@ -375,6 +379,7 @@ static int put_global(pkw *w, const char *module, const char *name)
     uint32_t idx = gl_find(w, module, name, n);
     if (idx != NO_MEMO) {
         put_get(w, idx);
+        w->last_gl = idx;
         return 0;
     }
     if (strchr(name, '.')) return put_dotted_global(w, module, name);
@@ -566,7 +571,10 @@ static int save(pkw *w, const pkl_value *v)
     case PKL_FLOAT: put_float(w, v->u.f); return 0;
     case PKL_STR: FM_TRY(put_str(w, v->u.str.s, v->u.str.len)); return memo_node(w, v);
     case PKL_BYTES: return save_bytes(w, v);
-    case PKL_GLOBAL: return put_global(w, v->u.global.module, v->u.global.name);
+    case PKL_GLOBAL: /* memoized by name; the node remembers its entry to skip the lookup */
+        FM_TRY(put_global(w, v->u.global.module, v->u.global.name));
+        w->memo[v->serial] = w->last_gl;
+        return 0;
     default: return save_container(w, v);
     }
 }

@@ -514,8 +514,9 @@ static int assign_files(plan *pl, const plan_opts *o, size_t **file_of, fm_err *
         return fm_fail(e, FM_ENOMEM, "out of memory");
     }
     for (size_t k = 0; k < pl->nfiles; k++) {
-        pl->files[k].name = pl->nfiles == 1 ? fm_strdup("model.safetensors")
-                                            : fm_asprintf("model-%05zu-of-%05zu.safetensors", k + 1, pl->nfiles);
+        const char *stem = o->file_stem ? o->file_stem : "model";
+        pl->files[k].name = pl->nfiles == 1 ? fm_asprintf("%s.safetensors", stem)
+                                            : fm_asprintf("%s-%05zu-of-%05zu.safetensors", stem, k + 1, pl->nfiles);
         if (pl->files[k].name == NULL) {
             free(f);
             return fm_fail(e, FM_ENOMEM, "out of memory");
@@ -551,7 +552,7 @@ static int layout_files(plan *pl, const plan_opts *o, const size_t *file_of, fm_
             s->user = i;
         }
         rc = st_layout(ent, n, e);
-        if (rc == 0) rc = st_header(ent, n, o->header_align, &pl->files[k].header, e);
+        if (rc == 0) rc = st_header_ex(ent, n, o->header_align, !o->no_metadata, &pl->files[k].header, e);
         if (rc) break;
         plan_file *f = &pl->files[k];
         f->data_start = f->header.len;
@@ -636,6 +637,8 @@ static int drop_tied(plan *pl, const ti_entry ***ents, const plan_opts *o)
     for (size_t i = 0; i < pl->ntensors; i++) {
         if (i == head || !is_embedding_name(pl->tensors[i].name)) continue;
         if (!same_data(ents[head], ents[i], o->world_size)) continue;
+        pl->dropped_key = fm_strdup(pl->tensors[head].key);
+        if (pl->dropped_key == NULL) return FM_ENOMEM;
         free_tensor(&pl->tensors[head]);
         free(ents[head]);
         memmove(&pl->tensors[head], &pl->tensors[head + 1], sizeof *pl->tensors * (pl->ntensors - head - 1));
@@ -719,5 +722,6 @@ void plan_free(plan *pl)
     for (size_t i = 0; i < pl->nwarnings; i++) free(pl->warnings[i]);
     free(pl->warnings);
     free(pl->index_json);
+    free(pl->dropped_key);
     memset(pl, 0, sizeof *pl);
 }

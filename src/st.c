@@ -175,13 +175,19 @@ static int check_laid_out(const st_entry *t, size_t n, fm_err *e)
 
 int st_header(const st_entry *t, size_t n, size_t extra_align, fm_buf *out, fm_err *e)
 {
+    return st_header_ex(t, n, extra_align, true, out, e);
+}
+
+int st_header_ex(const st_entry *t, size_t n, size_t extra_align, bool pt_metadata, fm_buf *out, fm_err *e)
+{
     if (extra_align & (extra_align - 1))
         return fm_fail(e, FM_EUSAGE, "alignment %zu is not a power of two", extra_align);
     FM_TRY(check_laid_out(t, n, e));
     fm_buf json = {0};
-    fm_buf_puts(&json, "{\"__metadata__\":{\"format\":\"pt\"}");
+    fm_buf_putc(&json, '{');
+    if (pt_metadata) fm_buf_puts(&json, "\"__metadata__\":{\"format\":\"pt\"}");
     for (size_t i = 0; i < n; i++) {
-        fm_buf_putc(&json, ',');
+        if (pt_metadata || i > 0) fm_buf_putc(&json, ',');
         put_tensor(&json, &t[i]);
     }
     fm_buf_putc(&json, '}');

@@ -1291,7 +1291,8 @@ static void test_memo_errors(void **state)
     EXPECT_FAIL("\x80\x02h\x05.", FM_EFORMAT, "memo index 5 is not set in BINGET at byte 2");
     EXPECT_FAIL("K\x01q\x00j\x00\x01\x00\x00.", FM_EFORMAT, "memo index 256 is not set in LONG_BINGET at byte 4");
     EXPECT_FAIL("g3\n.", FM_EFORMAT, "memo index 3 is not set in GET");
-    EXPECT_FAIL("K\x01r\xff\xff\xff\xff.", FM_EFORMAT, "exceeds the limit of 50000000 (max_memo)");
+    /* a memo index far past the values built so far: refused before any allocation */
+    EXPECT_FAIL("K\x01r\xff\xff\xff\xff.", FM_EFORMAT, "memo index 4294967295 is beyond the 2 values built so far");
     EXPECT_FAIL("K\x01p-1\n.", FM_EFORMAT, "invalid memo index in PUT");
 }
 
@@ -1362,8 +1363,8 @@ static void test_limits(void **state)
     expect_fail_lim((const uint8_t *)s4, sizeof s4 - 1, &lim, FM_EFORMAT, "limit of 3 entries (max_stack) in BININT1");
     lim = pkl_default_limits();
     lim.max_memo = 2;
-    const char m[] = "K\x01q\x05.";
-    expect_fail_lim((const uint8_t *)m, sizeof m - 1, &lim, FM_EFORMAT, "memo index 5 exceeds the limit of 2");
+    const char m[] = "(K\x01K\x02K\x03K\x04lq\x03.";
+    expect_fail_lim((const uint8_t *)m, sizeof m - 1, &lim, FM_EFORMAT, "memo index 3 exceeds the limit of 2");
     lim = pkl_default_limits();
     lim.max_bytes = 200;
     expect_fail_lim(v_proto5, sizeof v_proto5, &lim, FM_EFORMAT, "limit of 200 bytes of memory (max_bytes)");
