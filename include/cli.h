@@ -37,7 +37,7 @@ typedef struct cli_opts {
     plan_plain_mode plain;
     const char *architecture; /* NULL = keep or infer */
     const char *report;       /* JSON summary path, NULL = none */
-    bool force, no_crc, no_fsync;
+    bool force, no_crc, no_fsync, no_direct_io;
     bool optimizer;           /* also merge the optimizer state */
     cli_mode mode;
     const char *shard_template; /* %w world size, %r rank, %k kind; NULL = next to fsdp_config.json */

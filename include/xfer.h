@@ -37,6 +37,7 @@ typedef struct xf_opts {
     int writer;      /* process that writes the files (gather) or the headers (direct) */
     size_t window;   /* bytes per window/round (rounded down to a multiple of 8, >= 4096) */
     bool fsync;      /* flush each output file to disk before returning */
+    bool direct_io;  /* gather: write aligned windows with O_DIRECT (skipped where unsupported) */
     MPI_Info info;   /* MPI-IO hints (direct), MPI_INFO_NULL for none */
     FILE *hints_out; /* direct: print the hints in effect here (rank 0), NULL = don't */
 } xf_opts;

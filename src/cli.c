@@ -10,7 +10,7 @@
 enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
-    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER
+    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO
 };
 
 typedef struct opt_spec {
@@ -61,6 +61,9 @@ static const opt_spec SPECS[] = {
     {"force", 'f', no_argument, OPT_FORCE, NULL, "replace an existing output folder"},
     {"no-crc", 0, no_argument, OPT_NOCRC, NULL, "do not verify the CRC-32 of the records read"},
     {"no-fsync", 0, no_argument, OPT_NOFSYNC, NULL, "do not fsync the output before the final rename"},
+    {"no-direct-io", 0, no_argument, OPT_NODIO, NULL,
+     "gather mode: write through the page cache instead of O_DIRECT (direct I/O is skipped anyway where the "
+     "file system does not support it)"},
     {"progress", 0, required_argument, OPT_PROGRESS, "MODE", "auto (default: a bar on a terminal, lines otherwise), bar, lines, none"},
     {"quiet", 'q', no_argument, OPT_QUIET, NULL, "print errors only"},
     {"json", 0, no_argument, OPT_JSON, NULL, "inspect: print JSON"},
@@ -193,6 +196,7 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
         return 0;
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_OPTIMIZER: o->optimizer = true; return 0;
+    case OPT_NODIO: o->no_direct_io = true; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);

@@ -166,8 +166,16 @@ static void swap_copy(const uint8_t *src, uint8_t *dst, size_t n, size_t size)
 }
 
 /* Hot loops are kept free of calls and branches on the data so that the
- * compiler vectorises them (they run at memory speed on fp32 -> bf16). */
-static void f32_to_bf16_le(const uint8_t *src, uint8_t *dst, size_t n)
+ * compiler vectorises them; built at -O3 in an AVX2 and a baseline version,
+ * picked at load time (fp32 -> bf16 measured 6 GB/s at -O2, 16 GB/s at -O3,
+ * 24 GB/s with AVX2). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HOT_LOOP __attribute__((optimize("O3"), target_clones("avx2", "default")))
+#else
+#define HOT_LOOP
+#endif
+
+HOT_LOOP static void f32_to_bf16_le(const uint8_t *src, uint8_t *dst, size_t n)
 {
     const uint32_t *s = (const uint32_t *)(const void *)src;
     uint16_t *d = (uint16_t *)(void *)dst;
@@ -180,7 +188,7 @@ static void f32_to_bf16_le(const uint8_t *src, uint8_t *dst, size_t n)
     }
 }
 
-static void bf16_to_f32_le(const uint8_t *src, uint8_t *dst, size_t n)
+HOT_LOOP static void bf16_to_f32_le(const uint8_t *src, uint8_t *dst, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         uint16_t h;

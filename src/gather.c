@@ -17,8 +17,14 @@
 
 /* ---- the I/O thread: writes full windows while the next one is gathered ---- */
 
+/* Direct I/O: windows that start on a 4 KiB boundary of the file are
+ * written with O_DIRECT from 4 KiB-aligned buffers, which skips the copy into
+ * the page cache (the biggest cost in the profile, docs/benchmarks.md); the
+ * header, the first partial window and the tail go through the page cache. */
+#define DIO_ALIGN 4096u
+
 typedef struct iojob {
-    int fd;
+    int fd, dfd;    /* buffered and O_DIRECT descriptors (dfd < 0: none) */
     uint64_t off;
     const uint8_t *buf;
     size_t len;
@@ -47,6 +53,18 @@ static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
     return 0;
 }
 
+static int write_job(const iojob *j)
+{
+    size_t aligned = j->dfd >= 0 && j->off % DIO_ALIGN == 0 ? j->len & ~(size_t)(DIO_ALIGN - 1) : 0;
+    int err = aligned ? pwrite_all(j->dfd, j->buf, aligned, j->off) : 0;
+    if (err == EINVAL) { /* the file system refuses direct I/O after all: write through the cache */
+        aligned = 0;
+        err = 0;
+    }
+    if (err == 0) err = pwrite_all(j->fd, j->buf + aligned, j->len - aligned, j->off + aligned);
+    return err;
+}
+
 static void *io_main(void *arg)
 {
     iothread *io = arg;
@@ -60,7 +78,7 @@ static void *io_main(void *arg)
         }
         iojob job = io->jobs[k];
         pthread_mutex_unlock(&io->mu);
-        int err = io->err.code ? 0 : pwrite_all(job.fd, job.buf, job.len, job.off);
+        int err = io->err.code ? 0 : write_job(&job);
         pthread_mutex_lock(&io->mu);
         if (err && io->err.code == 0) fm_fail(&io->err, FM_EIO, "write failed: %s", strerror(err));
         io->jobs[k].busy = false;
@@ -91,10 +109,10 @@ static int io_wait(iothread *io, int k, fm_err *e)
     return err.code;
 }
 
-static void io_submit(iothread *io, int k, int fd, uint64_t off, const uint8_t *buf, size_t len)
+static void io_submit(iothread *io, int k, const int fds[2], uint64_t off, const uint8_t *buf, size_t len)
 {
     pthread_mutex_lock(&io->mu);
-    io->jobs[k] = (iojob){fd, off, buf, len, true};
+    io->jobs[k] = (iojob){fds[0], fds[1], off, buf, len, true};
     pthread_cond_broadcast(&io->cv);
     pthread_mutex_unlock(&io->mu);
 }
@@ -193,54 +211,66 @@ static int gather_window(xctx *x, int f, size_t *cursor, uint64_t wa, uint64_t w
 
 /* ---- files ---- */
 
-static int open_output(const char *dir, const plan_file *pf, int *fd, fm_err *e)
+/* fds[0] buffered, fds[1] O_DIRECT (or -1 when unwanted or unsupported) */
+static int open_output(const char *dir, const plan_file *pf, bool direct_io, int fds[2], fm_err *e)
 {
     char *path = fm_path_join(dir, pf->name);
     if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    *fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fds[0] = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fds[1] = -1;
     int rc = 0;
-    if (*fd < 0) rc = fm_fail(e, FM_EIO, "cannot create %s: %s", path, strerror(errno));
-    else if (ftruncate(*fd, (off_t)pf->size) != 0)
+    if (fds[0] < 0) rc = fm_fail(e, FM_EIO, "cannot create %s: %s", path, strerror(errno));
+    else if (ftruncate(fds[0], (off_t)pf->size) != 0)
         rc = fm_fail(e, FM_EIO, "cannot size %s to %" PRIu64 " bytes: %s", path, pf->size, strerror(errno));
-    else if (pwrite_all(*fd, pf->header.data, pf->header.len, 0) != 0)
+    else if (pwrite_all(fds[0], pf->header.data, pf->header.len, 0) != 0)
         rc = fm_fail(e, FM_EIO, "cannot write the header of %s: %s", path, strerror(errno));
+    if (rc == 0 && direct_io) fds[1] = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC); /* -1 (EINVAL) on tmpfs etc. */
     free(path);
     return rc;
 }
 
-static int close_output(int fd, const char *name, bool do_fsync, fm_err *e)
+static int close_output(const int fds[2], const char *name, bool do_fsync, fm_err *e)
 {
     int rc = 0;
-    if (do_fsync && fsync(fd) != 0) rc = fm_fail(e, FM_EIO, "fsync %s: %s", name, strerror(errno));
-    if (close(fd) != 0 && rc == 0) rc = fm_fail(e, FM_EIO, "close %s: %s", name, strerror(errno));
+    if (do_fsync && fsync(fds[0]) != 0) rc = fm_fail(e, FM_EIO, "fsync %s: %s", name, strerror(errno));
+    if (fds[1] >= 0) close(fds[1]);
+    if (close(fds[0]) != 0 && rc == 0) rc = fm_fail(e, FM_EIO, "close %s: %s", name, strerror(errno));
     return rc;
+}
+
+/* The first window ends at the first 4 KiB boundary of the file, so that
+ * every later one starts on one (for O_DIRECT). */
+static uint64_t first_window_end(const plan_file *pf, uint64_t window, uint64_t data_len)
+{
+    uint64_t to_boundary = (DIO_ALIGN - pf->data_start % DIO_ALIGN) % DIO_ALIGN;
+    return FM_MIN(to_boundary ? to_boundary : window, data_len);
 }
 
 static int merge_file(xctx *x, int f, const char *dir, uint64_t *done, xf_progress_fn progress, void *pctx, fm_err *e)
 {
     const plan_file *pf = &x->pl->files[f];
     bool writer = x->me == x->o->writer;
-    int fd = -1;
-    if (writer) open_output(dir, pf, &fd, e);
+    int fds[2] = {-1, -1};
+    if (writer) open_output(dir, pf, x->o->direct_io, fds, e);
     if (comm_agree_all(e, x->comm)) {
-        if (fd >= 0) close(fd);
+        if (fds[0] >= 0) close_output(fds, pf->name, false, e);
         return e->code;
     }
     uint64_t data_len = pf->size - pf->data_start;
     size_t cursor = pf->first;
     int k = 0;
-    for (uint64_t wa = 0; wa < data_len; wa += x->o->window, k ^= 1) {
-        uint64_t wb = FM_MIN(wa + x->o->window, data_len);
+    for (uint64_t wa = 0, wb = first_window_end(pf, x->o->window, data_len); wa < data_len;
+         wa = wb, wb = FM_MIN(wa + x->o->window, data_len), k ^= 1) {
         if (writer && io_wait(&x->io, k, e) == 0) x->cur_win = x->win[k];
         if (gather_window(x, f, &cursor, wa, wb, e)) break;
-        if (writer) io_submit(&x->io, k, fd, pf->data_start + wa, x->win[k], (size_t)(wb - wa));
+        if (writer) io_submit(&x->io, k, fds, pf->data_start + wa, x->win[k], (size_t)(wb - wa));
         *done += wb - wa;
         if (progress) progress(pctx, *done, x->pl->total_bytes);
     }
     if (writer) {
         io_wait(&x->io, 0, e);
         io_wait(&x->io, 1, e);
-        if (close_output(fd, pf->name, x->o->fsync, e) && x->io.err.code == 0) x->io.err = *e;
+        if (close_output(fds, pf->name, x->o->fsync, e) && x->io.err.code == 0) x->io.err = *e;
     }
     return comm_agree_all(e, x->comm);
 }
@@ -257,8 +287,9 @@ static int xctx_init(xctx *x, const plan *pl, ptz_file *const *zips, const xf_op
     x->pack = malloc(o->window);
     if (rc == 0 && x->pack == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory (%zu-byte window)", o->window);
     if (rc == 0 && x->me == o->writer) {
-        x->win[0] = malloc(o->window);
-        x->win[1] = malloc(o->window);
+        /* aligned for O_DIRECT */
+        if (posix_memalign((void **)&x->win[0], DIO_ALIGN, o->window) != 0) x->win[0] = NULL;
+        if (posix_memalign((void **)&x->win[1], DIO_ALIGN, o->window) != 0) x->win[1] = NULL;
         x->recv = malloc(o->window);
         x->counts = calloc((size_t)x->nprocs, sizeof(int));
         x->displs = calloc((size_t)x->nprocs, sizeof(int));
@@ -287,8 +318,8 @@ int xf_gather_all(const plan *pl, ptz_file *const *zips, const char *dir, const 
                   void *pctx, MPI_Comm comm, xf_stats *stats, fm_err *e)
 {
     xf_opts opts = *o;
-    opts.window = FM_MAX(opts.window & ~(size_t)7, (size_t)4096);
-    if (opts.window > (1u << 30)) opts.window = 1u << 30; /* MPI counts are int */
+    /* a multiple of 4 KiB (direct I/O), at most 1 GiB (MPI counts are int) */
+    opts.window = FM_MIN(FM_MAX(opts.window & ~(size_t)(DIO_ALIGN - 1), (size_t)DIO_ALIGN), (size_t)1 << 30);
     xctx x;
     xctx_init(&x, pl, zips, &opts, comm, e);
     int rc = comm_agree_all(e, comm);

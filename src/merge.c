@@ -363,7 +363,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
  * written/filled + 1 received), direct 1; read buffers get a quarter */
 static int run_engine(run *r, const plan *pl, ptz_file *const *zips, const char *dir, bool hints, xf_stats *xs, fm_err *e)
 {
-    xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .info = r->info,
+    xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .direct_io = !r->o->no_direct_io, .info = r->info,
                   .hints_out = hints && r->talk ? r->out : NULL};
     if (r->direct) {
         xo.window = (size_t)(r->o->buffer_size / 2);

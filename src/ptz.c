@@ -20,6 +20,8 @@
  */
 #include "ptz.h"
 
+#include "crc32.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -97,18 +99,7 @@ static uint64_t ptz_le64(const uint8_t *p) { return (uint64_t)ptz_le32(p) | ((ui
 
 /* ---- CRC and I/O -------------------------------------------------------- */
 
-uint32_t ptz_crc32(uint32_t crc, const void *p, size_t n)
-{
-    const Bytef *b = p;
-    /* zlib's crc32() takes a uInt length: feed it at most 1 GiB at a time. */
-    while (n > 0) {
-        uInt chunk = (uInt)FM_MIN(n, (size_t)1 << 30);
-        crc = (uint32_t)crc32(crc, b, chunk);
-        b += chunk;
-        n -= chunk;
-    }
-    return crc;
-}
+uint32_t ptz_crc32(uint32_t crc, const void *p, size_t n) { return crc_update(crc, p, n); }
 
 /* Reads exactly n bytes at ofs, retrying on EINTR and short reads. */
 static int ptz_pread_full(int fd, const char *path, void *buf, size_t n, uint64_t ofs, fm_err *e)
