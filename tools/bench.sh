@@ -6,10 +6,15 @@
 # measures, in the same run:
 #   - the I/O floor: reading every shard file once (cat > /dev/null, after a
 #     warm-up read: the merge reads from the same page cache) plus writing
-#     the output's number of bytes with fsync (dd conv=fsync);
+#     the output's number of bytes with fsync (dd conv=fsync, through the page
+#     cache) - the targets are against this floor; and, for information, the
+#     device floor: the same bytes written with O_DIRECT (dd oflag=direct),
+#     what the disk can take when no copy into the page cache is made;
 #   - fsdpmerge at -np 1, 2, 4 (BENCH_NPS) in gather and direct mode
 #     (BENCH_MODES), bf16 output, mpirun start-up included: wall time, GB/s of
 #     input, ratio to the floor, peak RSS of every process (GNU time).
+# Every measurement starts after `sync` (no earlier write-back in flight)
+# and is repeated BENCH_REPEAT times (default 3); the table shows the median.
 # Prints a table, writes docs/benchmarks-results.md and docs/bench.png, and
 # checks the targets (printed as met or not met).
 set -euo pipefail
@@ -21,6 +26,7 @@ BENCH_MODELS=${BENCH_MODELS:-"qwen2.5-0.5b qwen2.5-3b"}
 BENCH_NPS=${BENCH_NPS:-"1 2 4"}
 BENCH_MODES=${BENCH_MODES:-"gather direct"}
 BENCH_EXTRA=${BENCH_EXTRA:-}
+BENCH_REPEAT=${BENCH_REPEAT:-3}
 W=4
 RSS_LIMIT_KB=$((256 * 1024))
 RESULTS=${BENCH_RESULTS:-docs/benchmarks-results.md}
@@ -32,9 +38,11 @@ now() { date +%s.%N; }
 calc() { awk "BEGIN { print $* }"; }
 secs() { calc "$2 - $1"; }
 
-floor_of() { # model dir, output bytes -> seconds
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+floor_once() { # model dir, output bytes -> "read write" seconds
     local files=("$1"/global_step_1/actor/model_world_size_${W}_rank_*.pt)
-    cat "${files[@]}" > /dev/null # warm-up: the merge reads from the page cache too
+    sync
     local t0 t1 t2
     t0=$(now)
     cat "${files[@]}" > /dev/null
@@ -42,7 +50,41 @@ floor_of() { # model dir, output bytes -> seconds
     dd if=/dev/zero of="$BENCH_DIR/floor.bin" bs=16M count=$(( ($2 + 16777215) / 16777216 )) conv=fsync status=none
     t2=$(now)
     rm -f "$BENCH_DIR/floor.bin"
-    echo "$(secs "$t0" "$t1") $(secs "$t1" "$t2")"
+    sync
+    local t3 t4
+    t3=$(now)
+    dd if=/dev/zero of="$BENCH_DIR/floor.bin" bs=16M count=$(( ($2 + 16777215) / 16777216 )) oflag=direct conv=fsync \
+        status=none 2> /dev/null || true
+    t4=$(now)
+    rm -f "$BENCH_DIR/floor.bin"
+    sync
+    echo "$(secs "$t0" "$t1") $(secs "$t1" "$t2") $(secs "$t3" "$t4")"
+}
+
+floor_of() { # the median of BENCH_REPEAT floors (after a warm-up read: the merge reads from the page cache too)
+    cat "$1"/global_step_1/actor/model_world_size_${W}_rank_*.pt > /dev/null
+    local i reads=() writes=() directs=()
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        read -r r w d < <(floor_once "$1" "$2")
+        reads+=("$r")
+        writes+=("$w")
+        directs+=("$d")
+    done
+    echo "$(printf '%s\n' "${reads[@]}" | median) $(printf '%s\n' "${writes[@]}" | median) $(printf '%s\n' "${directs[@]}" | median)"
+}
+
+merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_DIR/rss.*
+    local out=$BENCH_DIR/out-$1
+    rm -rf "$out" "$BENCH_DIR"/rss.*
+    sync
+    local t0 t1
+    t0=$(now)
+    # shellcheck disable=SC2086
+    mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$BENCH_DIR/$1/global_step_1" --output "$out" \
+        --mode "$3" --dtype bfloat16 -q $BENCH_EXTRA
+    t1=$(now)
+    rm -rf "$out"
+    secs "$t0" "$t1"
 }
 
 for model in $BENCH_MODELS; do
@@ -55,29 +97,27 @@ for model in $BENCH_MODELS; do
     in_bytes=$(cat "$ck"/global_step_1/actor/model_world_size_${W}_rank_*.pt | wc -c)
     # output bytes: a bf16 merge is about half the fp32 input; measured after the first run
     out_bytes=$(( in_bytes / 2 ))
-    read -r t_read t_write < <(floor_of "$ck" "$out_bytes")
+    read -r t_read t_write t_direct < <(floor_of "$ck" "$out_bytes")
     floor=$(calc "$t_read + $t_write")
-    printf '== %s: %.2f GB of shards; floor %.2f s (read %.2f s, write+fsync %.2f s)\n' "$model" \
-        "$(calc "$in_bytes / 1e9")" "$floor" "$t_read" "$t_write"
+    dfloor=$(calc "$t_read + $t_direct")
+    printf '== %s: %.2f GB of shards; floor %.2f s (read %.2f s, write+fsync %.2f s); device floor (O_DIRECT write) %.2f s\n' \
+        "$model" "$(calc "$in_bytes / 1e9")" "$floor" "$t_read" "$t_write" "$dfloor"
     for mode in $BENCH_MODES; do
         for np in $BENCH_NPS; do
-            out=$BENCH_DIR/out-$model
-            rm -rf "$out" "$BENCH_DIR"/rss.*
-            t0=$(now)
-            # shellcheck disable=SC2086
-            mpirun -np "$np" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$ck/global_step_1" --output "$out" \
-                --mode "$mode" --dtype bfloat16 -q $BENCH_EXTRA
-            t1=$(now)
-            wall=$(secs "$t0" "$t1")
-            rss=$(cat "$BENCH_DIR"/rss.* | sort -n | tr '\n' ' ')
-            max_rss=$(cat "$BENCH_DIR"/rss.* | sort -n | tail -1)
+            walls=() peaks=()
+            for ((i = 0; i < BENCH_REPEAT; i++)); do
+                walls+=("$(merge_once "$model" "$np" "$mode")")
+                peaks+=("$(cat "$BENCH_DIR"/rss.* | sort -n | tail -1)")
+                rss=$(cat "$BENCH_DIR"/rss.* | sort -n | tr '\n' ' ')
+            done
+            wall=$(printf '%s\n' "${walls[@]}" | median)
+            max_rss=$(printf '%s\n' "${peaks[@]}" | sort -n | tail -1)
             ratio=$(calc "$wall / $floor")
             gbs=$(calc "$in_bytes / $wall / 1e9")
-            printf '%-14s %-7s np=%-2s %7.2f s  %5.2f GB/s  %4.2fx floor  peak RSS %6.1f MiB (all: %s KiB)\n' \
-                "$model" "$mode" "$np" "$wall" "$gbs" "$ratio" "$(calc "$max_rss / 1024")" "$rss"
-            printf '%s\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\n' "$model" "$mode" "$np" "$wall" "$floor" "$ratio" "$gbs" \
-                "$max_rss" "$in_bytes" >> "$DATA"
-            rm -rf "$out"
+            printf '%-14s %-7s np=%-2s %7.2f s (runs: %s)  %5.2f GB/s  %4.2fx floor  peak RSS %6.1f MiB (last run: %s KiB)\n' \
+                "$model" "$mode" "$np" "$wall" "$(printf '%.2f ' "${walls[@]}")" "$gbs" "$ratio" "$(calc "$max_rss / 1024")" "$rss"
+            printf '%s\t%s\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%.3f\n' "$model" "$mode" "$np" "$wall" "$floor" "$ratio" "$gbs" \
+                "$max_rss" "$in_bytes" "$dfloor" >> "$DATA"
         done
     done
 done
@@ -101,9 +141,9 @@ done
 
 # ---- report and plot ----
 {
-    echo "| model | mode | processes | wall (s) | floor (s) | ratio | input GB/s | peak RSS (MiB) |"
-    echo "|---|---|---|---|---|---|---|---|"
-    awk -F'\t' '{ printf "| %s | %s | %s | %.2f | %.2f | %.2fx | %.2f | %.1f |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024 }' "$DATA"
+    echo "| model | mode | processes | wall (s) | floor (s) | ratio | device floor (s) | ratio to it | input GB/s | peak RSS (MiB) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.1f |\n", $1, $2, $3, $4, $5, $6, $10, $4 / $10, $7, $8 / 1024 }' "$DATA"
 } > "$RESULTS"
 echo "results: $RESULTS"
 if command -v gnuplot > /dev/null; then
