@@ -179,6 +179,10 @@ int pkl_get_int_seq(const pkl_value *v, int64_t *out, int max);
 
 const char *pkl_type_name(pkl_type t);
 
+/*! pkl_int_text() : appends the decimal text of a PKL_INT of any size (ints
+ *  over 512 bytes show as "<int of N bytes>"). */
+void pkl_int_text(fm_buf *out, const pkl_value *v);
+
 /*! pkl_repr() : appends a Python-like repr of v to out: dicts, lists,
  *  tuples, strings with Python quoting, objects as module.name(args...)
  *  with state shown as {...}; shared/cyclic values already being printed

@@ -12,9 +12,11 @@
  *   see the output folder.
  * direct: every process writes its own segments straight into the output
  *   files with MPI-IO, in rounds of up to `window` bytes each: a collective
- *   MPI_File_write_all through a file view (contiguous, a 2-D subarray for
- *   the strided rows of Shard(d>0) pieces, else hindexed). No tensor byte
- *   travels between processes. Every process must see the output folder.
+ *   MPI_File_write_at_all through a file view (contiguous, a 2-D subarray
+ *   for the strided rows of Shard(d>0) pieces, else hindexed). No tensor
+ *   byte travels between processes. Every process must see the output
+ *   folder. Rounds keep every count far below 2 GiB, which Open MPI 4 (no
+ *   large-count calls) needs; offsets and displacements are 64-bit.
  *
  * Errors: every window/round ends with comm_agree_all(), so a failure on any
  * process (read error, CRC mismatch, write error) stops every process

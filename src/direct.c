@@ -105,9 +105,10 @@ static int write_round(dctx *x, MPI_File fh, uint64_t used, fm_err *e)
     if (rc) return rc;
     MPI_Offset disp = x->b.n ? (MPI_Offset)x->b.disp[0] : 0;
     int mrc = MPI_File_set_view(fh, disp, MPI_BYTE, t, "native", x->o->info);
-    if (mrc == MPI_SUCCESS) mrc = MPI_File_write_all(fh, x->buf, (int)used, MPI_BYTE, MPI_STATUS_IGNORE);
+    /* offset 0 of the view: the view's displacement is the round's first block */
+    if (mrc == MPI_SUCCESS) mrc = MPI_File_write_at_all(fh, 0, x->buf, (int)used, MPI_BYTE, MPI_STATUS_IGNORE);
     if (t != MPI_BYTE) MPI_Type_free(&t);
-    return mrc == MPI_SUCCESS ? 0 : comm_mpi_error(e, mrc, "MPI_File_write_all");
+    return mrc == MPI_SUCCESS ? 0 : comm_mpi_error(e, mrc, "MPI_File_write_at_all");
 }
 
 static void print_hints(dctx *x, MPI_File fh)

@@ -1918,6 +1918,15 @@ static void repr_float(fm_buf *out, double f)
 }
 
 /* Decimal text of a little-endian two's complement integer. */
+static void repr_bigint(fm_buf *out, const uint8_t *raw, size_t n);
+
+void pkl_int_text(fm_buf *out, const pkl_value *v)
+{
+    if (v == NULL || v->type != PKL_INT) return;
+    if (v->u.i.big) repr_bigint(out, v->u.i.raw, v->u.i.rawlen);
+    else fm_buf_printf(out, "%lld", (long long)v->u.i.v);
+}
+
 static void repr_bigint(fm_buf *out, const uint8_t *raw, size_t n)
 {
     if (n > 512) {

@@ -24,59 +24,14 @@ static cJSON *convert(pj *c, const pkl_value *v);
 
 /* ---- numbers ---- */
 
-/* Little-endian two's complement bytes -> decimal text. */
-static char *bigint_text(const uint8_t *raw, size_t n)
-{
-    bool neg = n && (raw[n - 1] & 0x80);
-    uint8_t *mag = malloc(n ? n : 1);
-    char *digits = malloc(n * 3 + 3);
-    if (mag == NULL || digits == NULL) {
-        free(mag);
-        free(digits);
-        return NULL;
-    }
-    unsigned carry = 1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned b = neg ? (unsigned)(uint8_t)~raw[i] + carry : raw[i];
-        if (neg) carry = b >> 8;
-        mag[i] = (uint8_t)b;
-    }
-    size_t nd = 0, len = n;
-    while (len > 0 && mag[len - 1] == 0) len--;
-    while (len > 0) { /* divide the magnitude by 10, collecting remainders */
-        unsigned rem = 0;
-        for (size_t i = len; i-- > 0;) {
-            unsigned cur = (rem << 8) | mag[i];
-            mag[i] = (uint8_t)(cur / 10);
-            rem = cur % 10;
-        }
-        digits[nd++] = (char)('0' + rem);
-        while (len > 0 && mag[len - 1] == 0) len--;
-    }
-    if (nd == 0) digits[nd++] = '0';
-    char *out = malloc(nd + 2);
-    if (out) {
-        size_t o = 0;
-        if (neg) out[o++] = '-';
-        while (nd > 0) out[o++] = digits[--nd];
-        out[o] = '\0';
-    }
-    free(mag);
-    free(digits);
-    return out;
-}
-
 static cJSON *int_json(const pkl_value *v)
 {
-    if (v->u.i.big) {
-        char *t = bigint_text(v->u.i.raw, v->u.i.rawlen);
-        cJSON *j = t ? cJSON_CreateRaw(t) : NULL;
-        free(t);
-        return j;
-    }
-    char buf[32];
-    snprintf(buf, sizeof buf, "%" PRId64, v->u.i.v);
-    return cJSON_CreateRaw(buf);
+    fm_buf b = {0};
+    pkl_int_text(&b, v);
+    fm_buf_terminate(&b);
+    cJSON *j = b.oom ? NULL : b.data[0] == '<' ? cJSON_CreateString((char *)b.data) : cJSON_CreateRaw((char *)b.data);
+    fm_buf_free(&b);
+    return j;
 }
 
 static cJSON *float_json(double f)

@@ -19,22 +19,6 @@ static const char *const FIXTURES[] = {
     "fsdp2_ws2_cudarng", "fsdp2_ws4_lora",    "plain_ws2_replicated", "plain_ws2_dim0halves",
 };
 
-/* A fixture path from a printf format; buffers big enough for any
- * tu_fixtures() prefix (so no truncation), rotated 4 ways. */
-static const char *fx(const char *fmt, ...) FM_PRINTF(1, 2);
-static const char *fx(const char *fmt, ...)
-{
-    static char out[4][8192];
-    static int k;
-    char rel[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    char *o = out[k++ & 3];
-    snprintf(o, sizeof out[0], "%s/%s", tu_fixtures(), rel);
-    return o;
-}
 
 static char *rewrite(const char *text, const char *dtype, const char *arch, const char *arch_default)
 {
@@ -61,9 +45,9 @@ static void assert_rewrite(const char *text, const char *dtype, const char *arch
 static int check_fixture(const char *name, const char *dir, const char *dtype)
 {
     size_t ref_len = 0, in_len = 0;
-    char *ref = (char *)tu_slurp(fx("%s/reference/%s/config.json", name, dir), &ref_len);
+    char *ref = (char *)tu_slurp(tu_fixturef("%s/reference/%s/config.json", name, dir), &ref_len);
     if (ref == NULL) return 0;
-    char *in = (char *)tu_slurp(fx("%s/global_step_1/actor/huggingface/config.json", name), &in_len);
+    char *in = (char *)tu_slurp(tu_fixturef("%s/global_step_1/actor/huggingface/config.json", name), &in_len);
     assert_non_null(in);
     char *out = NULL;
     size_t out_len = 0;
@@ -181,7 +165,7 @@ static void test_config_read_fixture(void **state)
 {
     (void)state;
     size_t len = 0;
-    char *text = (char *)tu_slurp(fx("fsdp2_ws4_tied/global_step_1/actor/huggingface/config.json"), &len);
+    char *text = (char *)tu_slurp(tu_fixturef("fsdp2_ws4_tied/global_step_1/actor/huggingface/config.json"), &len);
     assert_non_null(text);
     hf_config_info info;
     fm_err e = {0};
@@ -192,7 +176,7 @@ static void test_config_read_fixture(void **state)
     assert_true(info.tie_word_embeddings);
     assert_int_equal(info.transformers_major, 5);
     free(text);
-    text = (char *)tu_slurp(fx("fsdp1_ws2_nomesh/global_step_1/actor/huggingface/config.json"), &len);
+    text = (char *)tu_slurp(tu_fixturef("fsdp1_ws2_nomesh/global_step_1/actor/huggingface/config.json"), &len);
     assert_int_equal(hf_config_read(text, len, &info, &e), 0);
     assert_false(info.tie_word_embeddings); /* the untied fixture */
     free(text);
@@ -353,14 +337,14 @@ static void test_copy_assets_fixture(void **state)
 {
     (void)state;
     char *tmp = tu_tmpdir();
-    const char *src = fx("fsdp2_ws4_tied/global_step_1/actor/huggingface");
+    const char *src = tu_fixturef("fsdp2_ws4_tied/global_step_1/actor/huggingface");
     int copied = 0;
     fm_err e = {0};
     if (hf_copy_assets(src, tmp, &copied, &e) != 0) fail_msg("%s", e.msg);
     assert_int_equal(copied, 5); /* generation_config, merges, tokenizer, tokenizer_config, vocab */
     assert_false(exists(tmp, "config.json"));
     size_t a, b;
-    unsigned char *x = tu_slurp(fx("fsdp2_ws4_tied/global_step_1/actor/huggingface/vocab.json"), &a);
+    unsigned char *x = tu_slurp(tu_fixturef("fsdp2_ws4_tied/global_step_1/actor/huggingface/vocab.json"), &a);
     char path[8300];
     snprintf(path, sizeof path, "%s/vocab.json", tmp);
     unsigned char *y = tu_slurp(path, &b);

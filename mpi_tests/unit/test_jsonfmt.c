@@ -12,22 +12,6 @@
 #include "jsonfmt.h"
 #include "testutil.h"
 
-/* A fixture path from a printf format; buffers big enough for any
- * tu_fixtures() prefix (so no truncation), rotated 4 ways. */
-static const char *fx(const char *fmt, ...) FM_PRINTF(1, 2);
-static const char *fx(const char *fmt, ...)
-{
-    static char out[4][8192];
-    static int k;
-    char rel[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    char *o = out[k++ & 3];
-    snprintf(o, sizeof out[0], "%s/%s", tu_fixtures(), rel);
-    return o;
-}
 
 static const char *const FIXTURES[] = {
     "fsdp2_ws4_tied",   "fsdp1_ws4_mesh",     "fsdp1_ws2_nomesh",     "fsdp2_ws8_uneven_bf16", "fsdp2_ws4_shard1",
@@ -100,9 +84,9 @@ static void test_roundtrip_fixture_configs(void **state)
     int done = 0;
     for (size_t f = 0; f < FM_ARRAY_LEN(FIXTURES); f++) {
         for (size_t k = 0; k < FM_ARRAY_LEN(files); k++) {
-            done += roundtrip_file(fx("%s/global_step_1/actor/huggingface/%s", FIXTURES[f], files[k]), true);
-            done += roundtrip_file(fx("%s/reference/fp32/%s", FIXTURES[f], files[k]), true);
-            done += roundtrip_file(fx("%s/reference/bf16/%s", FIXTURES[f], files[k]), true);
+            done += roundtrip_file(tu_fixturef("%s/global_step_1/actor/huggingface/%s", FIXTURES[f], files[k]), true);
+            done += roundtrip_file(tu_fixturef("%s/reference/fp32/%s", FIXTURES[f], files[k]), true);
+            done += roundtrip_file(tu_fixturef("%s/reference/bf16/%s", FIXTURES[f], files[k]), true);
         }
     }
     /* inputs: 7 checkpoints x 3 files + the 2 plain ones' config.json; references:
@@ -114,7 +98,7 @@ static void test_roundtrip_fixture_configs(void **state)
 static void test_roundtrip_adapter_config(void **state)
 {
     (void)state;
-    const char *path = fx("fsdp2_ws4_lora/global_step_1/actor/lora_adapter/adapter_config.json");
+    const char *path = tu_fixturef("fsdp2_ws4_lora/global_step_1/actor/lora_adapter/adapter_config.json");
     assert_int_equal(roundtrip_file(path, false), 1);
 }
 

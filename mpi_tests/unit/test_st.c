@@ -17,22 +17,6 @@ static const char *const FIXTURES[] = {
     "fsdp2_ws2_cudarng", "fsdp2_ws4_lora",    "plain_ws2_replicated", "plain_ws2_dim0halves",
 };
 
-/* A fixture path from a printf format; buffers big enough for any
- * tu_fixtures() prefix (so no truncation), rotated 4 ways. */
-static const char *fx(const char *fmt, ...) FM_PRINTF(1, 2);
-static const char *fx(const char *fmt, ...)
-{
-    static char out[4][8192];
-    static int k;
-    char rel[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    char *o = out[k++ & 3];
-    snprintf(o, sizeof out[0], "%s/%s", tu_fixtures(), rel);
-    return o;
-}
 
 static st_entry tensor(const char *name, dt_type dt, int ndim, const int64_t *shape)
 {
@@ -122,8 +106,8 @@ static void test_reference_headers_bytewise(void **state)
     (void)state;
     int done = 0;
     for (size_t f = 0; f < FM_ARRAY_LEN(FIXTURES); f++) {
-        done += check_reference(fx("%s/reference/fp32/model.safetensors", FIXTURES[f]), 1 + f);
-        done += check_reference(fx("%s/reference/bf16/model.safetensors", FIXTURES[f]), 100 + f);
+        done += check_reference(tu_fixturef("%s/reference/fp32/model.safetensors", FIXTURES[f]), 1 + f);
+        done += check_reference(tu_fixturef("%s/reference/bf16/model.safetensors", FIXTURES[f]), 100 + f);
     }
     /* the plain_* fixtures have an fp32 reference only */
     assert_int_equal(done, 7 * 2 + 2);
@@ -133,9 +117,9 @@ static void test_reference_headers_bytewise(void **state)
 static void test_reference_adapter_headers_bytewise(void **state)
 {
     (void)state;
-    assert_int_equal(check_reference(fx("fsdp2_ws4_lora/reference/fp32_adapter/adapter_model.safetensors"), 7), 1);
-    assert_int_equal(check_reference(fx("fsdp2_ws4_lora/reference/bf16_adapter/adapter_model.safetensors"), 8), 1);
-    const char *actor = fx("fsdp2_ws4_lora/global_step_1/actor/lora_adapter/adapter_model.safetensors");
+    assert_int_equal(check_reference(tu_fixturef("fsdp2_ws4_lora/reference/fp32_adapter/adapter_model.safetensors"), 7), 1);
+    assert_int_equal(check_reference(tu_fixturef("fsdp2_ws4_lora/reference/bf16_adapter/adapter_model.safetensors"), 8), 1);
+    const char *actor = tu_fixturef("fsdp2_ws4_lora/global_step_1/actor/lora_adapter/adapter_model.safetensors");
     assert_int_equal(check_reference(actor, 9), 1);
 }
 
@@ -145,7 +129,7 @@ static void test_parse_without_metadata(void **state)
     (void)state;
     st_header_info h;
     fm_err e = {0};
-    if (st_read_header(fx("fsdp2_ws4_tied/reference/optim_reference.safetensors"), &h, &e) != 0) fail_msg("%s", e.msg);
+    if (st_read_header(tu_fixturef("fsdp2_ws4_tied/reference/optim_reference.safetensors"), &h, &e) != 0) fail_msg("%s", e.msg);
     assert_null(h.metadata_json);
     assert_true(h.n > 0);
     assert_int_equal(h.entries[0].begin, 0);

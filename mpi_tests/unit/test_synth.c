@@ -96,17 +96,6 @@ static const ti_entry *entry(const ti_index *ix, const char *key)
     return NULL;
 }
 
-/* A fixture path from a printf format. */
-static const char *fx_path(const char *fmt, ...) FM_PRINTF(1, 2);
-static const char *fx_path(const char *fmt, ...)
-{
-    char rel[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    return tu_fixture(rel);
-}
 
 static ti_index load_fixture(const char *path, int r)
 {
@@ -159,7 +148,7 @@ static void test_tensor_list_matches_fixture(void **state)
     s.o.out = "/nonexistent";
     fm_err e = {0};
     assert_int_equal(syn_init(&s.o, &s.ctx, &e), 0);
-    ti_index fx = load_fixture(fx_path(TIED_FX, 0), 0);
+    ti_index fx = load_fixture(tu_fixturef(TIED_FX, 0), 0);
     assert_int_equal(syn_tensor_count(s.ctx), fx.n);
     for (size_t i = 0; i < fx.n; i++) {
         const syn_tensor *t = syn_tensor_at(s.ctx, i);
@@ -315,7 +304,7 @@ static void test_verl_placement(void **state)
     s.o.model.kv_heads = 1;
     s.o.model.tied = false;
     synth_run(&s);
-    ti_index fx = load_fixture(fx_path(SHARD1_FX, 2), 2);
+    ti_index fx = load_fixture(tu_fixturef(SHARD1_FX, 2), 2);
     for (int r = 0; r < 4; r++) {
         ti_index ix;
         load_ok(&s, r, &ix);
@@ -347,7 +336,7 @@ static void test_uneven_bf16_empty_shards(void **state)
     s.o.model.heads = 3, s.o.model.kv_heads = 1, s.o.model.tied = false;
     synth_run(&s);
     for (int r = 0; r < 8; r++) {
-        ti_index ix, fx = load_fixture(fx_path(BF16_FX, r), r);
+        ti_index ix, fx = load_fixture(tu_fixturef(BF16_FX, r), r);
         load_ok(&s, r, &ix);
         check_rank_views(&s, r, &ix, 8);
         for (size_t i = 0; i < ix.n; i++) { /* the same views and storages as torch's */
@@ -477,7 +466,7 @@ static void test_pickle_matches_tied_fixture(void **state)
     s.o.out = "/nonexistent";
     fm_err e = {0};
     assert_int_equal(syn_init(&s.o, &s.ctx, &e), 0);
-    for (int r = 0; r < 4; r++) compare_with_fixture(&s, fx_path(TIED_FX, r), r);
+    for (int r = 0; r < 4; r++) compare_with_fixture(&s, tu_fixturef(TIED_FX, r), r);
     syn_free(s.ctx);
 }
 
@@ -491,7 +480,7 @@ static void test_pickle_matches_shard1_and_bf16_fixtures(void **state)
     s.o.placement = SYN_PLACE_VERL;
     s.o.model.vocab = 1002, s.o.model.intermediate = 174, s.o.model.kv_heads = 1, s.o.model.tied = false;
     assert_int_equal(syn_init(&s.o, &s.ctx, &e), 0);
-    for (int r = 0; r < 4; r++) compare_with_fixture(&s, fx_path(SHARD1_FX, r), r);
+    for (int r = 0; r < 4; r++) compare_with_fixture(&s, tu_fixturef(SHARD1_FX, r), r);
     syn_free(s.ctx);
     opts_tiny(&s, 8);
     s.o.out = "/nonexistent";
@@ -499,7 +488,7 @@ static void test_pickle_matches_shard1_and_bf16_fixtures(void **state)
     s.o.model.vocab = 1003, s.o.model.hidden = 36, s.o.model.intermediate = 100;
     s.o.model.heads = 3, s.o.model.kv_heads = 1, s.o.model.tied = false;
     assert_int_equal(syn_init(&s.o, &s.ctx, &e), 0);
-    for (int r = 0; r < 8; r++) compare_with_fixture(&s, fx_path(BF16_FX, r), r);
+    for (int r = 0; r < 8; r++) compare_with_fixture(&s, tu_fixturef(BF16_FX, r), r);
     syn_free(s.ctx);
 }
 

@@ -9,6 +9,7 @@
 #ifndef FM_TESTUTIL_H
 #define FM_TESTUTIL_H
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,15 +33,24 @@ static inline const char *tu_fixtures(void)
     abort();
 }
 
-/* Path of a file under the fixtures folder; static buffer rotated 8 ways. */
-static inline const char *tu_fixture(const char *rel)
+/* Path of a file under the fixtures folder, from a printf format; static
+ * buffers big enough for any fixtures prefix, rotated 8 ways. */
+static inline const char *tu_fixturef(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline const char *tu_fixturef(const char *fmt, ...)
 {
-    static char bufs[8][4096];
+    static char out[8][8192];
     static int k;
-    char *b = bufs[k++ & 7];
-    if (snprintf(b, 4096, "%s/%s", tu_fixtures(), rel) >= 4096) abort();
-    return b;
+    char rel[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rel, sizeof rel, fmt, ap);
+    va_end(ap);
+    char *o = out[k++ & 7];
+    if (snprintf(o, sizeof out[0], "%s/%s", tu_fixtures(), rel) >= (int)sizeof out[0]) abort();
+    return o;
 }
+
+static inline const char *tu_fixture(const char *rel) { return tu_fixturef("%s", rel); }
 
 static inline char *tu_tmpdir(void)
 {
