@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # netns.sh - test "hosts" made of network namespaces (sourced, not run).
 #
 #   mh_up DIR N [SUBNET]  makes hosts fmhost1..fmhostN: one network namespace
@@ -31,7 +32,6 @@ mh_up() {
     local tag=fm$$
     local br=$tag-br
     MH_SUBNET=${3:-10.213.7}
-    MH_DIR=$dir
     read -r -a slots <<< "${MH_SLOTS:-}"
     mkdir -p "$dir/local"
     : > "$dir/hosts.map"

@@ -16,7 +16,7 @@
 # Every call is appended to $FM_MH_LOG when set.
 set -u
 mode=rsh
-if [ "${1:-}" = "--exec" ]; then mode=exec; shift; fi
+if [ "${1:-}" = "--exec" ]; then mode="exec"; shift; fi
 while [ $# -gt 0 ]; do # ssh options Open MPI may add (-x, -o ..., -T)
     case $1 in
     -o | -l | -p) shift 2 ;;

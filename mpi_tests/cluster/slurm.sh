@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # slurm.sh - a real one-node SLURM cluster for the tests (sourced, not run).
 #
 #   slurm_up DIR CPUS   writes DIR/slurm.conf (from slurm.conf.in), a munge key,
@@ -39,11 +40,16 @@ slurm_logs() {
     done
 }
 
-# waits up to $2 seconds for command $1 (a string) to succeed
+# waits up to $2 seconds for command $1 (a string) to succeed; gives up at
+# once when process $3 (the daemon being waited for) has exited
 _slurm_wait() {
     local i
     for ((i = 0; i < $2 * 4; i++)); do
         eval "$1" && return 0
+        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+            echo "slurm_up: the daemon (pid $3) exited"
+            return 1
+        fi
         sleep 0.25
     done
     return 1
@@ -70,19 +76,19 @@ slurm_up() {
         --pid-file="$SLURM_DIR/munged.pid" --log-file="$SLURM_DIR/munged.log" \
         --seed-file="$SLURM_DIR/munged.seed" > "$SLURM_DIR/munged.out" 2>&1 &
     SLURM_PIDS+=($!)
-    if ! _slurm_wait "munge -S '$SLURM_DIR/munge.sock' -n 2>/dev/null | unmunge -S '$SLURM_DIR/munge.sock' >/dev/null 2>&1" 15; then
+    if ! _slurm_wait "munge -S '$SLURM_DIR/munge.sock' -n 2>/dev/null | unmunge -S '$SLURM_DIR/munge.sock' >/dev/null 2>&1" 15 "${SLURM_PIDS[-1]}"; then
         echo "slurm_up: munged did not start"; slurm_logs; return 1
     fi
 
     # -D: foreground (this shell holds the pid), -i: ignore any old state
     slurmctld -D -i -f "$SLURM_CONF" > "$SLURM_DIR/slurmctld.out" 2>&1 &
     SLURM_PIDS+=($!)
-    if ! _slurm_wait "scontrol ping 2>/dev/null | grep -q 'is UP'" 30; then
+    if ! _slurm_wait "scontrol ping 2>/dev/null | grep -q 'is UP'" 30 "${SLURM_PIDS[-1]}"; then
         echo "slurm_up: slurmctld did not come up"; slurm_logs; return 1
     fi
     slurmd -D -f "$SLURM_CONF" -N "$host" > "$SLURM_DIR/slurmd.out" 2>&1 &
     SLURM_PIDS+=($!)
-    if ! _slurm_wait "sinfo -h -n '$host' -o %T 2>/dev/null | grep -qx 'idle'" 45; then
+    if ! _slurm_wait "sinfo -h -n '$host' -o %T 2>/dev/null | grep -qx 'idle'" 45 "${SLURM_PIDS[-1]}"; then
         state=$(sinfo -h -N -o '%N %T %E' 2>&1)
         echo "slurm_up: node $host is not idle: $state"; slurm_logs; return 1
     fi
@@ -91,7 +97,8 @@ slurm_up() {
 
 slurm_down() {
     local p i
-    if [ -n "$SLURM_DIR" ] && [ ${#SLURM_PIDS[@]} -ge 2 ]; then
+    # jobs left: only when slurmctld (the second pid) still runs
+    if [ -n "$SLURM_DIR" ] && [ ${#SLURM_PIDS[@]} -ge 2 ] && kill -0 "${SLURM_PIDS[1]}" 2>/dev/null; then
         scancel --quiet --user="$(id -un)" 2>/dev/null
         for ((i = 0; i < 40; i++)); do
             [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
