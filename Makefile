@@ -12,6 +12,12 @@ ifeq ($(origin CC),default)
 CC       := mpicc
 endif
 PKGS     := libzip libcjson zlib
+# Parallel HDF5 (--format hdf5): used when pkg-config finds hdf5-openmpi;
+# HDF5=0 builds without it (then --format hdf5 is refused with a message).
+HDF5     ?= $(shell pkg-config --exists hdf5-openmpi 2>/dev/null && echo 1 || echo 0)
+ifeq ($(HDF5),1)
+PKGS     += hdf5-openmpi
+endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)
@@ -22,6 +28,9 @@ ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
 CPPFLAGS := -Iinclude -D_GNU_SOURCE $(PKG_CFLAGS)
+ifeq ($(HDF5),1)
+CPPFLAGS += -DFM_HAVE_HDF5
+endif
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 $(WARN) -MMD -MP
 LDLIBS   := $(PKG_LIBS) -lm

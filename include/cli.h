@@ -20,6 +20,8 @@
 
 typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION } cli_command;
 typedef enum cli_mode { CLI_MODE_AUTO = 0, CLI_MODE_GATHER, CLI_MODE_DIRECT } cli_mode;
+/* which weight files: model*.safetensors, model.h5 (parallel HDF5), or both */
+typedef enum cli_format { CLI_FORMAT_SAFETENSORS = 0, CLI_FORMAT_HDF5, CLI_FORMAT_BOTH } cli_format;
 
 #define CLI_MAX_HINTS 32
 
@@ -27,7 +29,8 @@ typedef struct cli_opts {
     cli_command command;
     /* merge */
     char *checkpoint;         /* step folder or actor folder */
-    char *output;             /* default: <checkpoint>_merged */
+    char *output;             /* malloc'd: --output, or <checkpoint>_merged */
+    const char *output_arg;   /* --output as given (argv), NULL when absent */
     const char *actor_dir;    /* default "actor" */
     dt_type dtype;            /* DT_INVALID = auto */
     uint64_t max_shard_size;  /* default 5 GB */
@@ -40,6 +43,7 @@ typedef struct cli_opts {
     bool force, no_crc, no_fsync, no_direct_io;
     bool optimizer;           /* also merge the optimizer state */
     cli_mode mode;
+    cli_format format;        /* default safetensors */
     const char *shard_template; /* %w world size, %r rank, %k kind; NULL = next to fsdp_config.json */
     const char *hints[CLI_MAX_HINTS]; /* "key=value" MPI-IO hints */
     int nhints;

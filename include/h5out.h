@@ -28,9 +28,11 @@
  *
  * Errors: HDF5's automatic error printing is turned off; a failing HDF5 call
  * becomes an fm_err naming the dataset or property list and HDF5's own
- * innermost reason. Every step ends with comm_agree_all(), so one process's
- * failure (read error, CRC mismatch, HDF5 error) stops all of them, and the
- * partly written file is removed.
+ * innermost reason. Processes agree (comm_agree_all) after every set-up step
+ * and once per tensor, and a process that failed keeps making the collective
+ * calls until then (with empty selections), so one process's failure (read
+ * error, CRC mismatch, HDF5 error) stops all of them within one tensor,
+ * without a hang; the partly written file is removed.
  *
  * Built without parallel HDF5 (FM_HAVE_HDF5 undefined), h5_write_all()
  * fails with FM_EUNSUPPORTED and h5_available() is false.

@@ -10,7 +10,8 @@
 enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
-    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO
+    OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
+    OPT_FORMAT
 };
 
 typedef struct opt_spec {
@@ -50,11 +51,15 @@ static const opt_spec SPECS[] = {
     {"mode", 0, required_argument, OPT_MODE, "MODE",
      "gather (the writer writes everything), direct (every process writes its own pieces with MPI-IO) or auto "
      "(default: direct when every process sees the output folder)"},
+    {"format", 0, required_argument, OPT_FORMAT, "FORMAT",
+     "safetensors (default), hdf5 (one model.h5 with a dataset per tensor, written by every process with parallel "
+     "HDF5; needs a shared output folder) or both"},
     {"shard-template", 0, required_argument, OPT_TEMPLATE, "PATH",
      "where each process finds its rank files, e.g. /local/ckpt/model_world_size_%w_rank_%r.pt (%w world size, "
      "%r rank, %k file kind); for shards on node-local disks"},
-    {"mpi-hint", 0, required_argument, OPT_HINT, "KEY=VALUE", "an MPI-IO hint for direct mode (repeatable), e.g. striping_factor=8"},
-    {"show-hints", 0, no_argument, OPT_SHOWHINTS, NULL, "print the MPI-IO hints in effect (direct mode)"},
+    {"mpi-hint", 0, required_argument, OPT_HINT, "KEY=VALUE",
+     "an MPI-IO hint for direct mode and --format hdf5 (repeatable), e.g. striping_factor=8"},
+    {"show-hints", 0, no_argument, OPT_SHOWHINTS, NULL, "print the MPI-IO hints in effect (direct mode, --format hdf5)"},
     {"optimizer", 0, no_argument, OPT_OPTIMIZER, NULL,
      "also merge the optimizer state (FSDP2): optimizer/optimizer.safetensors ({name}.exp_avg, ...) and "
      "optimizer/optimizer_state.json"},
@@ -158,10 +163,11 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     static const char *const plain[] = {"auto", "replicated", "concat"};
     static const char *const prog[] = {"auto", "bar", "lines", "none"};
     static const char *const modes[] = {"auto", "gather", "direct"};
+    static const char *const formats[] = {"safetensors", "hdf5", "both"};
     int v = 0;
     switch (id) {
     case OPT_CHECKPOINT: o->checkpoint = (char *)arg; return 0;
-    case OPT_OUTPUT: o->output = (char *)arg; return 0;
+    case OPT_OUTPUT: o->output_arg = arg; return 0;
     case OPT_ACTOR: o->actor_dir = arg; return 0;
     case OPT_DTYPE: return parse_dtype(arg, &o->dtype, e);
     case OPT_SHARD: return fm_parse_size(arg, &o->max_shard_size, e);
@@ -185,6 +191,7 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
         return 0;
     }
     case OPT_MODE: FM_TRY(pick(arg, modes, 3, "--mode", &v, e)); o->mode = (cli_mode)v; return 0;
+    case OPT_FORMAT: FM_TRY(pick(arg, formats, 3, "--format", &v, e)); o->format = (cli_format)v; return 0;
     case OPT_TEMPLATE:
         if (strstr(arg, "%r") == NULL) return fm_fail(e, FM_EUSAGE, "--shard-template must contain %%r (the rank)");
         o->shard_template = arg;
@@ -265,13 +272,13 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
     if (o->checkpoint == NULL) return fm_fail(e, FM_EUSAGE, "no checkpoint given (see --help)");
     size_t n = strlen(o->checkpoint);
     while (n > 1 && o->checkpoint[n - 1] == '/') o->checkpoint[--n] = '\0';
-    o->output = o->output ? fm_strdup(o->output) : fm_asprintf("%s_merged", o->checkpoint);
+    o->output = o->output_arg ? fm_strdup(o->output_arg) : fm_asprintf("%s_merged", o->checkpoint);
     if (o->output == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     return 0;
 }
 
 void cli_free(cli_opts *o)
 {
-    if (o->command == CLI_MERGE) free(o->output);
+    free(o->output); /* only ever malloc'd by cli_parse, NULL otherwise */
     o->output = NULL;
 }

@@ -249,7 +249,9 @@ bool dt_convert(dt_type from, dt_type to, const void *src_, void *dst_, size_t n
     uint8_t *dst = dst_;
     size_t fs = dt_size(from), ts = dt_size(to);
     if (from == to) {
-        if (big && fs > 1) swap_copy(src, dst, n, fs);
+        /* a complex number is two floats: each is swapped on its own */
+        size_t unit = (from == DT_C64 || from == DT_C128) ? fs / 2 : fs;
+        if (big && unit > 1) swap_copy(src, dst, n * (fs / unit), unit);
         else memcpy(dst, src, n * fs);
         return true;
     }

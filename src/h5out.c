@@ -435,12 +435,20 @@ static int select_batch(const hctx *x, const plan_tensor *t, hid_t fs, hid_t *ms
 }
 
 /* One collective H5Dwrite; the memory type is the file type, so HDF5 does
- * no conversion (a conversion would break collective I/O). */
+ * no conversion (a conversion would break collective I/O). A process whose
+ * selection cannot be built still takes part, with an empty one. */
 static int write_batch(hctx *x, const plan_tensor *t, hid_t dset, hid_t type, fm_err *e)
 {
     hid_t fs = H5Dget_space(dset), ms = H5I_INVALID_HID;
-    int rc = fs < 0 ? -1 : select_batch(x, t, fs, &ms);
-    if (rc == 0 && H5Dwrite(dset, type, ms, fs, x->dxpl, x->buf) < 0) rc = -1;
+    if (fs < 0) return h5_fail(e, "dataspace of dataset '%s'", t->name);
+    int rc = select_batch(x, t, fs, &ms);
+    if (rc < 0) {
+        h5_fail(e, "selecting the elements of dataset '%s'", t->name);
+        x->b.n = x->b.elems = 0;
+        close_id(&ms, H5Sclose);
+        if (select_batch(x, t, fs, &ms) < 0) rc = -2; /* cannot even take part */
+    }
+    if (rc != -2 && H5Dwrite(dset, type, ms, fs, x->dxpl, x->buf) < 0 && rc == 0) rc = -1;
     if (rc == 0) {
         uint32_t local = 0, global = 0;
         if (H5Pget_mpio_no_collective_cause(x->dxpl, &local, &global) >= 0 && local != H5D_MPIO_COLLECTIVE)
@@ -449,7 +457,8 @@ static int write_batch(hctx *x, const plan_tensor *t, hid_t dset, hid_t type, fm
     }
     close_id(&ms, H5Sclose);
     close_id(&fs, H5Sclose);
-    return rc < 0 ? h5_fail(e, "writing dataset '%s'", t->name) : 0;
+    if (rc == -1 && e->code == 0) h5_fail(e, "writing dataset '%s'", t->name);
+    return e->code;
 }
 
 /* ---- attributes (metadata: same calls, same values on every process) ---- */
@@ -496,14 +505,26 @@ static int attr_shape(hid_t obj, const plan_tensor *t, fm_err *e)
     return rc;
 }
 
+/* Keeps the first error: a process that already failed goes on taking part
+ * in the collective calls, and its first message is the one that counts. */
+static void keep_first(fm_err *e, const fm_err *later)
+{
+    if (e->code == 0 && later->code != 0) *e = *later;
+}
+
+/* Every attribute call is made even after a failure: they are metadata
+ * operations, which every process must make alike. */
 static int root_attrs(hctx *x, fm_err *e)
 {
     const h5_opts *o = x->o;
-    if (o->config) FM_TRY(attr_str(x, x->file, "config", o->config, e));
-    FM_TRY(attr_str(x, x->file, "format_version", H5_FORMAT_VERSION, e));
-    FM_TRY(attr_i32(x->file, "source_world_size", (int32_t)o->source_world_size, e));
-    FM_TRY(attr_str(x, x->file, "producer", "fsdpmerge", e));
-    return attr_str(x, x->file, "producer_version", FM_VERSION, e);
+    fm_err a[5] = {{0}};
+    if (o->config) attr_str(x, x->file, "config", o->config, &a[0]);
+    attr_str(x, x->file, "format_version", H5_FORMAT_VERSION, &a[1]);
+    attr_i32(x->file, "source_world_size", (int32_t)o->source_world_size, &a[2]);
+    attr_str(x, x->file, "producer", "fsdpmerge", &a[3]);
+    attr_str(x, x->file, "producer_version", FM_VERSION, &a[4]);
+    for (int i = 0; i < 5; i++) keep_first(e, &a[i]);
+    return e->code;
 }
 
 /* ---- property lists and the file ---- */
@@ -603,9 +624,11 @@ static int create_dataset(hctx *x, const plan_tensor *t, hid_t *type, hid_t *dse
     *dset = H5Dcreate2(x->file, t->name, *type, sp, x->lcpl, x->dcpl, H5P_DEFAULT);
     H5Sclose(sp);
     if (*dset < 0) return h5_fail(e, "creating dataset '%s'", t->name);
-    if (attr_str(x, *dset, "dtype", dt_torch_name(t->out_dtype), e) || attr_shape(*dset, t, e))
-        return fm_context(e, "dataset '%s'", t->name);
-    return 0;
+    fm_err ae = {0};
+    attr_str(x, *dset, "dtype", dt_torch_name(t->out_dtype), e);
+    attr_shape(*dset, t, &ae); /* made even after a failure, as every process makes it */
+    keep_first(e, &ae);
+    return e->code ? fm_context(e, "dataset '%s'", t->name) : 0;
 }
 
 static void report_progress(hctx *x, uint64_t before, uint64_t tbytes, uint64_t w, uint64_t nw, xf_progress_fn fn,
@@ -617,26 +640,40 @@ static void report_progress(hctx *x, uint64_t before, uint64_t tbytes, uint64_t 
     if (fn) fn(pctx, x->done, x->pl->total_bytes);
 }
 
+/* One tensor: the dataset with its attributes, then nwrites[t] collective
+ * writes. Errors are agreed once per tensor, right after the creation, which
+ * every process has then made: that agreement also covers the writes of the
+ * tensor before. Until the next agreement no process may skip a collective
+ * call, so one that fails to read takes part in the rest of the tensor's
+ * writes with empty selections. (Agreeing around every write costs two
+ * more collectives per write, which shows when processes share cores.) */
 static int write_tensor(hctx *x, size_t ti, xf_progress_fn progress, void *pctx, fm_err *e)
 {
     const plan_tensor *t = &x->pl->tensors[ti];
     hid_t type = H5I_INVALID_HID, dset = H5I_INVALID_HID;
     uint64_t before = x->done, tbytes = t->numel * dt_size(t->out_dtype), nw = x->nwrites[ti];
-    create_dataset(x, t, &type, &dset, e);
+    fm_err ce = {0};
+    create_dataset(x, t, &type, &dset, &ce);
+    keep_first(e, &ce);
     int rc = comm_agree_all(e, x->comm);
     cursor cur;
     cursor_init(&cur, t, x->me, cap_elems(x, t));
     for (uint64_t w = 0; w < nw && rc == 0; w++) {
-        fill_batch(x, ti, &cur, e); /* reading: the only step that may fail on one process alone */
-        if ((rc = comm_agree_all(e, x->comm)) != 0) break;
-        write_batch(x, t, dset, type, e);
-        if ((rc = comm_agree_all(e, x->comm)) != 0) break;
+        if (e->code == 0) fill_batch(x, ti, &cur, e);
+        if (e->code != 0) x->b.n = x->b.elems = 0; /* failed: take part with nothing */
+        fm_err we = {0};
+        write_batch(x, t, dset, type, &we);
+        keep_first(e, &we);
         report_progress(x, before, tbytes, w, nw, progress, pctx);
     }
     if (rc == 0 && nw == 0) report_progress(x, before, tbytes, 0, 0, progress, pctx);
-    if (dset >= 0 && H5Dclose(dset) < 0 && rc == 0) rc = h5_fail(e, "closing dataset '%s'", t->name);
+    if (dset >= 0 && H5Dclose(dset) < 0) {
+        fm_err we = {0};
+        h5_fail(&we, "closing dataset '%s'", t->name);
+        keep_first(e, &we);
+    }
     close_id(&type, H5Tclose);
-    return rc ? rc : comm_agree_all(e, x->comm);
+    return rc;
 }
 
 /* ---- driver ---- */
@@ -655,14 +692,18 @@ static int setup(hctx *x, const char *path, fm_err *e)
     return check_absent(x, path, e);
 }
 
-static int finish_file(hctx *x, const char *path, bool ok, fm_err *e)
+/* Agrees on the last tensor's writes, flushes (MPI_File_sync in the MPI-IO
+ * driver) and closes; a failed file is removed. */
+static int finish_file(hctx *x, const char *path, fm_err *e)
 {
-    if (x->file < 0) return e->code;
-    if (ok && x->o->fsync && H5Fflush(x->file, H5F_SCOPE_GLOBAL) < 0) h5_fail(e, "flushing %s to disk", path);
-    ok = ok && e->code == 0;
-    if (H5Fclose(x->file) < 0 && ok) h5_fail(e, "closing %s", path);
-    x->file = H5I_INVALID_HID;
+    if (x->file < 0) return e->code; /* never created (agreed) */
     int rc = comm_agree_all(e, x->comm);
+    if (rc == 0 && x->o->fsync && H5Fflush(x->file, H5F_SCOPE_GLOBAL) < 0) h5_fail(e, "flushing %s to disk", path);
+    fm_err ce = {0};
+    if (H5Fclose(x->file) < 0) h5_fail(&ce, "closing %s", path);
+    keep_first(e, &ce);
+    x->file = H5I_INVALID_HID;
+    rc = comm_agree_all(e, x->comm);
     if (rc && x->me == 0) unlink(path); /* no half-written file is left under the name */
     MPI_Barrier(x->comm);
     return rc;
@@ -707,7 +748,7 @@ int h5_write_all(const plan *pl, ptz_file *const *zips, const char *path, const 
         rc = comm_agree_all(e, comm);
     }
     for (size_t i = 0; i < pl->ntensors && rc == 0; i++) rc = write_tensor(&x, i, progress, pctx, e);
-    rc = finish_file(&x, path, rc == 0, e);
+    rc = finish_file(&x, path, e);
     if (stats) {
         stats->bytes_read = x.src.bytes_read;
         stats->bytes_written = x.written;

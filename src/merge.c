@@ -10,6 +10,7 @@
 #include "ckpt.h"
 #include "comm.h"
 #include "extrastate.h"
+#include "h5out.h"
 #include "hfdir.h"
 #include "optim.h"
 #include "outdir.h"
@@ -114,14 +115,26 @@ static int probe_shared(run *r, bool *shared, fm_err *e)
     return 0;
 }
 
+static bool wants_hdf5(const run *r) { return r->o->format != CLI_FORMAT_SAFETENSORS; }
+static bool wants_safetensors(const run *r) { return r->o->format != CLI_FORMAT_HDF5; }
+
 static int choose_mode(run *r, fm_err *e)
 {
     bool shared = false;
-    if (r->o->mode == CLI_MODE_GATHER) {
+    if (r->o->mode == CLI_MODE_GATHER && !wants_hdf5(r)) {
         r->direct = false;
         return 0;
     }
     FM_TRY(probe_shared(r, &shared, e));
+    /* parallel HDF5 writes model.h5 from every process */
+    if (wants_hdf5(r) && !shared)
+        return fm_fail(e, FM_EUSAGE, "--format %s: not every process can see the output folder %s (parallel HDF5 "
+                       "writes from every process; use --format safetensors with --mode gather)",
+                       r->o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both", r->tmpdir);
+    if (r->o->mode == CLI_MODE_GATHER) {
+        r->direct = false;
+        return 0;
+    }
     if (r->o->mode == CLI_MODE_DIRECT && !shared)
         return fm_fail(e, FM_EUSAGE, "--mode direct: not every process can see the output folder %s (use --mode gather)",
                        r->tmpdir);
@@ -170,6 +183,9 @@ static int discover(run *r, fm_err *e)
         return fm_fail(e, FM_EUNSUPPORTED,
                        "--optimizer: this is an FSDP1 checkpoint (fsdp_config.json), whose optimizer state is flat "
                        "per-rank shards of FlatParameters that cannot be split per parameter; merge without --optimizer");
+    if (wants_hdf5(r) && !h5_available())
+        return fm_fail(e, FM_EUNSUPPORTED, "--format %s: this fsdpmerge was built without parallel HDF5 "
+                       "(install libhdf5-openmpi-dev and rebuild)", o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both");
     FM_TRY(make_info(r, e));
     /* the writer creates the temporary output folder */
     if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
@@ -186,6 +202,8 @@ static void banner(run *r)
     say(r, RULE "\nfsdpmerge %s: FSDP checkpoint -> HuggingFace model\n" RULE "\n", FM_VERSION);
     say(r, "Checkpoint:    %s\nActor dir:     %s\nOutput:        %s\nDtype:         %s\n", o->checkpoint,
         r->layout.actor_dir, o->output, o->dtype == DT_INVALID ? "auto (as saved)" : dt_torch_name(o->dtype));
+    say(r, "Format:        %s\n", r->o->format == CLI_FORMAT_HDF5 ? "hdf5 (model.h5, parallel HDF5)"
+                                : r->o->format == CLI_FORMAT_BOTH ? "safetensors and hdf5 (model.h5)" : "safetensors");
     say(r, "Processes:     %d%s, writer: process %d\nMode:          %s\n" RULE "\n", r->nprocs,
         r->nprocs == W ? " (one per rank)" : "", r->writer,
         r->direct ? "direct (every process writes its own pieces with MPI-IO)"
@@ -373,15 +391,55 @@ static int run_engine(run *r, const plan *pl, ptz_file *const *zips, const char 
     return xf_gather_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
 }
 
+static int config_text(run *r, char **text, size_t *len, fm_err *e);
+
+/* model.h5 in the temporary folder, written by every process; the same
+ * buffer budget as direct mode (one window of half the budget). */
+static int write_hdf5(run *r, fm_err *e)
+{
+    char *config = NULL, *path = NULL;
+    size_t len = 0;
+    int rc = r->config ? config_text(r, &config, &len, e) : 0;
+    if (rc == 0 && (path = fm_path_join(r->tmpdir, "model.h5")) == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0) {
+        h5_opts ho;
+        h5_opts_init(&ho);
+        ho.window = (size_t)(r->o->buffer_size / 2);
+        ho.info = r->info;
+        ho.fsync = !r->o->no_fsync;
+        ho.config = config;
+        ho.source_world_size = r->layout.world_size;
+        ho.hints_out = r->o->show_hints && r->talk ? r->out : NULL;
+        xf_stats xs = {0};
+        rc = h5_write_all(&r->pl, r->zips, path, &ho, on_progress, r, r->comm, &xs, e);
+        r->xs.bytes_read += xs.bytes_read;
+        r->xs.bytes_written += xs.bytes_written;
+    }
+    free(path);
+    free(config);
+    return rc;
+}
+
 static int move_data(run *r, fm_err *e)
 {
     char sz[32];
-    say(r, "Saving merged model to %s\n  Writing %zu file%s (%s, %s)...\n", r->o->output, r->pl.nfiles,
-        r->pl.nfiles == 1 ? "" : "s", fm_format_bytes(r->pl.total_bytes, sz, sizeof sz),
-        r->o->dtype == DT_INVALID ? "dtype as saved" : dt_torch_name(r->o->dtype));
-    if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
-    int rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
-    if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
+    int rc = 0;
+    fm_format_bytes(r->pl.total_bytes, sz, sizeof sz);
+    const char *dt = r->o->dtype == DT_INVALID ? "dtype as saved" : dt_torch_name(r->o->dtype);
+    if (wants_safetensors(r)) {
+        say(r, "Saving merged model to %s\n  Writing %zu file%s (%s, %s)...\n", r->o->output, r->pl.nfiles,
+            r->pl.nfiles == 1 ? "" : "s", sz, dt);
+        if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
+        rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
+        if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
+    }
+    if (rc == 0 && wants_hdf5(r)) {
+        say(r, "Saving merged model to %s/model.h5\n  Writing %zu datasets (%s, %s) with parallel HDF5...\n",
+            r->o->output, r->pl.ntensors, sz, dt);
+        if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
+        rc = write_hdf5(r, e);
+        if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
+    }
     return rc;
 }
 
@@ -395,19 +453,25 @@ static dt_type main_dtype(const plan *pl)
     return pl->ntensors ? pl->tensors[0].src_dtype : DT_F32;
 }
 
+/* config.json as written to the output (dtype and architectures set); a
+ * pure function of the broadcast config, so any process can make it. */
+static int config_text(run *r, char **text, size_t *len, fm_err *e)
+{
+    char arch[256] = "";
+    const char *head = r->pl.head[0] ? r->pl.head : NULL;
+    hf_infer_architecture(r->cfg.model_type, head, arch, sizeof arch);
+    const char *dtype = dt_torch_name(r->o->dtype == DT_INVALID ? main_dtype(&r->pl) : r->o->dtype);
+    return hf_config_rewrite(r->config, r->config_len, dtype, r->o->architecture, arch[0] ? arch : NULL, text, len, e);
+}
+
 static int write_side_files(run *r, fm_err *e)
 {
     const char *dir = od_temp_path(&r->od);
     int copied = 0;
     if (r->config) {
-        char arch[256] = "";
-        const char *head = r->pl.head[0] ? r->pl.head : NULL;
-        hf_infer_architecture(r->cfg.model_type, head, arch, sizeof arch);
         char *text = NULL;
         size_t len = 0;
-        const char *dtype = dt_torch_name(r->o->dtype == DT_INVALID ? main_dtype(&r->pl) : r->o->dtype);
-        FM_TRY(hf_config_rewrite(r->config, r->config_len, dtype, r->o->architecture, arch[0] ? arch : NULL, &text,
-                                 &len, e));
+        FM_TRY(config_text(r, &text, &len, e));
         char *path = fm_path_join(dir, "config.json");
         int rc = path ? fm_write_file(path, text, len, e) : fm_fail(e, FM_ENOMEM, "out of memory");
         free(path);
@@ -415,7 +479,7 @@ static int write_side_files(run *r, fm_err *e)
         FM_TRY(rc);
         FM_TRY(hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
     }
-    if (r->pl.index_json) {
+    if (r->pl.index_json && wants_safetensors(r)) {
         char *path = fm_path_join(dir, "model.safetensors.index.json");
         int rc = path ? fm_write_file(path, r->pl.index_json, strlen(r->pl.index_json), e)
                       : fm_fail(e, FM_ENOMEM, "out of memory");
@@ -547,10 +611,13 @@ static int finalize(run *r, fm_err *e)
 static void summary(run *r)
 {
     double total = r->times.total;
-    char sz[32];
-    say(r, "\n" RULE "\n\xe2\x9c\x85 Conversion complete: %zu tensors, %s in %zu file%s, %.2f s (%.1f MB/s)\n" RULE "\n",
-        r->pl.ntensors, fm_format_bytes(r->pl.total_bytes, sz, sizeof sz), r->pl.nfiles, r->pl.nfiles == 1 ? "" : "s",
-        total, total > 0 ? (double)r->pl.total_bytes / total / 1e6 : 0.0);
+    char sz[32], files[64];
+    if (r->o->format == CLI_FORMAT_HDF5) snprintf(files, sizeof files, "model.h5");
+    else snprintf(files, sizeof files, "%zu file%s%s", r->pl.nfiles, r->pl.nfiles == 1 ? "" : "s",
+                  r->o->format == CLI_FORMAT_BOTH ? " and model.h5" : "");
+    say(r, "\n" RULE "\n\xe2\x9c\x85 Conversion complete: %zu tensors, %s in %s, %.2f s (%.1f MB/s)\n" RULE "\n",
+        r->pl.ntensors, fm_format_bytes(r->pl.total_bytes, sz, sizeof sz), files, total,
+        total > 0 ? (double)r->pl.total_bytes / total / 1e6 : 0.0);
 }
 
 static void cleanup(run *r)
@@ -617,8 +684,8 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         uint64_t read_total = 0;
         MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
         if (o->report && r.me == 0)
-            rp_write(o->report, o, r.direct ? "direct" : "gather", r.layout.world_size, r.nprocs, r.writer, &r.pl,
-                     &r.times, read_total, e);
+            rp_write(o->report, o, o->format == CLI_FORMAT_HDF5 ? "hdf5" : r.direct ? "direct" : "gather",
+                     r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
         rc = comm_agree_all(e, comm);
     }
     cleanup(&r);

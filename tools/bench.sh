@@ -24,7 +24,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 BENCH_DIR=${BENCH_DIR:-/tmp/fsdpmerge-bench}
 BENCH_MODELS=${BENCH_MODELS:-"qwen2.5-0.5b qwen2.5-3b"}
 BENCH_NPS=${BENCH_NPS:-"1 2 4"}
-BENCH_MODES=${BENCH_MODES:-"gather direct"}
+BENCH_MODES=${BENCH_MODES:-"gather direct hdf5"} # hdf5: --format hdf5 (parallel HDF5, model.h5)
 BENCH_EXTRA=${BENCH_EXTRA:-}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
 W=4
@@ -80,8 +80,10 @@ merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_D
     local t0 t1
     t0=$(now)
     # shellcheck disable=SC2086
+    local how=(--mode "$3")
+    [ "$3" = hdf5 ] && how=(--format hdf5)
     mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$BENCH_DIR/$1/global_step_1" --output "$out" \
-        --mode "$3" --dtype bfloat16 -q $BENCH_EXTRA
+        "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA
     t1=$(now)
     rm -rf "$out"
     secs "$t0" "$t1"

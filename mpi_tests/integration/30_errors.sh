@@ -93,5 +93,7 @@ timeout 120 mpirun -np 2 "$FM_BIN" "$SRC" --output "$SCRATCH/afile/out" > "$OUT_
 [ $rc -eq 2 ] && grep -q -- "--dtype must be bfloat16, float16, float32 or auto" "$OUT_LOG" && pass "bad --dtype: usage error" || fail "bad --dtype: exit $rc"
 "$FM_BIN" "$SRC" --bogus > "$OUT_LOG" 2>&1; rc=$?
 [ $rc -eq 2 ] && grep -q "unknown option '--bogus'" "$OUT_LOG" && pass "unknown option: usage error" || fail "unknown option: exit $rc"
+"$FM_BIN" "$SRC" --output "$SCRATCH/x" --dtype nope > "$OUT_LOG" 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--dtype must be" "$OUT_LOG" && pass "usage error after --output: exit 2 (no crash)" || fail "usage error after --output: exit $rc"
 "$FM_BIN" > "$OUT_LOG" 2>&1; rc=$?
 [ $rc -eq 2 ] && grep -q "no checkpoint given" "$OUT_LOG" && pass "no arguments: usage error" || fail "no arguments: exit $rc"

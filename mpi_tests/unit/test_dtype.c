@@ -136,6 +136,11 @@ static void test_big_endian_and_identity(void **state)
     assert_true(dt_convert(DT_I64, DT_I64, i64be, &v, 1, true));
     assert_int_equal(v, 0x0102);
     assert_false(dt_convert(DT_I64, DT_F32, i64be, &v, 1, false)); /* ints are never converted */
+    /* a big-endian complex64 is two big-endian floats */
+    uint8_t cbe[8] = {0x3F, 0x80, 0x00, 0x00, 0xC0, 0x00, 0x00, 0x00};
+    float cf[2];
+    assert_true(dt_convert(DT_C64, DT_C64, cbe, cf, 1, true));
+    assert_true(cf[0] == 1.0f && cf[1] == -2.0f);
     double d = 1.0 + 0x1p-30;
     float f;
     assert_true(dt_convert(DT_F64, DT_F32, &d, &f, 1, false));
