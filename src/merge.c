@@ -31,6 +31,7 @@ typedef struct run {
     int me, nprocs, writer;
     bool talk;              /* rank 0 and not --quiet */
     bool direct;            /* direct (MPI-IO by every process) or gather mode */
+    const char *why;        /* why the mode was chosen, for the banner */
     char *tmpdir;           /* the temporary output folder, known to every process */
     MPI_Info info;          /* MPI-IO hints */
     ck_layout layout;
@@ -118,11 +119,30 @@ static int probe_shared(run *r, bool *shared, fm_err *e)
 static bool wants_hdf5(const run *r) { return r->o->format != CLI_FORMAT_SAFETENSORS; }
 static bool wants_safetensors(const run *r) { return r->o->format != CLI_FORMAT_HDF5; }
 
+/* How many machines the processes run on (shared-memory domains). */
+static int node_count(MPI_Comm comm)
+{
+    MPI_Comm local;
+    int lr = 0, leader, nodes = 1;
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) != MPI_SUCCESS) return 1;
+    MPI_Comm_rank(local, &lr);
+    MPI_Comm_free(&local);
+    leader = lr == 0;
+    MPI_Allreduce(&leader, &nodes, 1, MPI_INT, MPI_SUM, comm);
+    return nodes;
+}
+
+/* auto: on one machine every byte goes to the same disks anyway, and the
+ * writer's O_DIRECT path measured 2-3x faster than collective MPI-IO there
+ * (docs/benchmarks.md); across machines, direct spreads the writes when the
+ * output folder is shared (probed), else gather. */
 static int choose_mode(run *r, fm_err *e)
 {
     bool shared = false;
+    int nodes = node_count(r->comm);
     if (r->o->mode == CLI_MODE_GATHER && !wants_hdf5(r)) {
         r->direct = false;
+        r->why = "gather (the writer writes the files)";
         return 0;
     }
     FM_TRY(probe_shared(r, &shared, e));
@@ -131,14 +151,15 @@ static int choose_mode(run *r, fm_err *e)
         return fm_fail(e, FM_EUSAGE, "--format %s: not every process can see the output folder %s (parallel HDF5 "
                        "writes from every process; use --format safetensors with --mode gather)",
                        r->o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both", r->tmpdir);
-    if (r->o->mode == CLI_MODE_GATHER) {
-        r->direct = false;
-        return 0;
-    }
     if (r->o->mode == CLI_MODE_DIRECT && !shared)
         return fm_fail(e, FM_EUSAGE, "--mode direct: not every process can see the output folder %s (use --mode gather)",
                        r->tmpdir);
-    r->direct = shared;
+    r->direct = r->o->mode == CLI_MODE_DIRECT || (r->o->mode == CLI_MODE_AUTO && shared && nodes > 1);
+    r->why = r->o->mode == CLI_MODE_DIRECT ? "direct (every process writes its own pieces with MPI-IO)"
+             : r->o->mode == CLI_MODE_GATHER ? "gather (the writer writes the files)"
+             : r->direct ? "direct (processes on several machines all see the output folder)"
+             : nodes == 1 ? "gather (one machine: the writer writes with O_DIRECT)"
+                          : "gather (not every process sees the output folder)";
     return 0;
 }
 
@@ -205,10 +226,7 @@ static void banner(run *r)
     say(r, "Format:        %s\n", r->o->format == CLI_FORMAT_HDF5 ? "hdf5 (model.h5, parallel HDF5)"
                                 : r->o->format == CLI_FORMAT_BOTH ? "safetensors and hdf5 (model.h5)" : "safetensors");
     say(r, "Processes:     %d%s, writer: process %d\nMode:          %s\n" RULE "\n", r->nprocs,
-        r->nprocs == W ? " (one per rank)" : "", r->writer,
-        r->direct ? "direct (every process writes its own pieces with MPI-IO)"
-                  : r->o->mode == CLI_MODE_GATHER ? "gather (the writer writes the files)"
-                                                  : "gather (not every process sees the output folder)");
+        r->nprocs == W ? " (one per rank)" : "", r->writer, r->why);
     if (r->layout.fsdp_version)
         say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (fsdp_config.json, FSDP%d)\n\n", W,
             r->layout.fsdp_version);
