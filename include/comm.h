@@ -15,6 +15,7 @@
 #include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "err.h"
 
@@ -33,6 +34,10 @@ int comm_allgather_blobs_all(const void *buf, size_t len, MPI_Comm comm, uint8_t
  *  as dir/name (sent there first when from != writer). */
 int comm_write_at_writer_all(const void *buf, size_t len, int from, int writer, const char *dir, const char *name,
                              MPI_Comm comm, fm_err *e);
+
+/*! comm_print_hints() : prints the MPI-IO hints in effect on fh to out,
+ *  titled with `what` (e.g. "the output"). */
+void comm_print_hints(FILE *out, MPI_File fh, const char *what);
 
 /*! comm_mpi_error() : fills e with the text of an MPI error code. */
 int comm_mpi_error(fm_err *e, int mpi_rc, const char *what);

@@ -108,3 +108,20 @@ int comm_write_at_writer_all(const void *buf, size_t len, int from, int writer, 
     free(own);
     return rc;
 }
+
+void comm_print_hints(FILE *out, MPI_File fh, const char *what)
+{
+    MPI_Info info;
+    if (MPI_File_get_info(fh, &info) != MPI_SUCCESS) return;
+    int n = 0;
+    MPI_Info_get_nkeys(info, &n);
+    fprintf(out, "  MPI-IO hints in effect for %s (%d):\n", what, n);
+    for (int i = 0; i < n; i++) {
+        char key[MPI_MAX_INFO_KEY + 1], val[1024];
+        int flag = 0;
+        MPI_Info_get_nthkey(info, i, key);
+        MPI_Info_get(info, key, (int)sizeof val - 1, val, &flag);
+        if (flag) fprintf(out, "    %s = %s\n", key, val);
+    }
+    MPI_Info_free(&info);
+}

@@ -113,19 +113,7 @@ static int write_round(dctx *x, MPI_File fh, uint64_t used, fm_err *e)
 
 static void print_hints(dctx *x, MPI_File fh)
 {
-    MPI_Info info;
-    if (x->me != 0 || x->o->hints_out == NULL || MPI_File_get_info(fh, &info) != MPI_SUCCESS) return;
-    int n = 0;
-    MPI_Info_get_nkeys(info, &n);
-    fprintf(x->o->hints_out, "  MPI-IO hints in effect (%d):\n", n);
-    for (int i = 0; i < n; i++) {
-        char key[MPI_MAX_INFO_KEY + 1], val[1024];
-        int flag = 0;
-        MPI_Info_get_nthkey(info, i, key);
-        MPI_Info_get(info, key, (int)sizeof val - 1, val, &flag);
-        if (flag) fprintf(x->o->hints_out, "    %s = %s\n", key, val);
-    }
-    MPI_Info_free(&info);
+    if (x->me == 0 && x->o->hints_out) comm_print_hints(x->o->hints_out, fh, "the safetensors files");
 }
 
 static int open_file(dctx *x, const char *path, const plan_file *pf, bool first, MPI_File *fh, fm_err *e)

@@ -551,23 +551,12 @@ static int make_plists(hctx *x, fm_err *e)
 static void print_hints(hctx *x, hid_t fapl)
 {
     MPI_File *fh = NULL;
-    MPI_Info info;
     if (x->me != 0 || x->o->hints_out == NULL) return;
-    if (H5Fget_vfd_handle(x->file, fapl, (void **)&fh) < 0 || fh == NULL || MPI_File_get_info(*fh, &info) != MPI_SUCCESS) {
+    if (H5Fget_vfd_handle(x->file, fapl, (void **)&fh) < 0 || fh == NULL) {
         H5Eclear2(H5E_DEFAULT);
         return;
     }
-    int n = 0;
-    MPI_Info_get_nkeys(info, &n);
-    fprintf(x->o->hints_out, "  MPI-IO hints in effect for the HDF5 file (%d):\n", n);
-    for (int i = 0; i < n; i++) {
-        char key[MPI_MAX_INFO_KEY + 1], val[1024];
-        int flag = 0;
-        MPI_Info_get_nthkey(info, i, key);
-        MPI_Info_get(info, key, (int)sizeof val - 1, val, &flag);
-        if (flag) fprintf(x->o->hints_out, "    %s = %s\n", key, val);
-    }
-    MPI_Info_free(&info);
+    comm_print_hints(x->o->hints_out, *fh, "the HDF5 file");
 }
 
 /* The file access list: MPI-IO with the caller's hints; metadata reads and
