@@ -311,8 +311,16 @@ typedef struct copy_ctx {
     dev_t dst_dev; /* the destination root, never copied into itself */
     ino_t dst_ino;
     int copied;
+    bool actor_layout; /* the source is the actor folder itself (verl before June 2025) */
     fm_err *e;
 } copy_ctx;
+
+/* In an actor folder, the HuggingFace files sit next to the checkpoint:
+ * leave the rank files, fsdp_config.json and sub-folders (lora_adapter/...). */
+static bool skip_in_actor(const char *name, bool is_dir)
+{
+    return is_dir || fm_ends_with(name, ".pt") || strcmp(name, "fsdp_config.json") == 0;
+}
 
 static int copy_tree(copy_ctx *c, const char *src, const char *dst, int depth);
 
@@ -323,7 +331,9 @@ static int copy_entry(copy_ctx *c, const char *src, const char *dst, const char 
     struct stat sb;
     if (s == NULL || d == NULL) rc = fm_fail(c->e, FM_ENOMEM, "out of memory");
     else if (stat(s, &sb) != 0) rc = fm_fail(c->e, FM_EIO, "cannot stat %s: %s", s, strerror(errno));
-    else if (S_ISDIR(sb.st_mode) && !(sb.st_dev == c->dst_dev && sb.st_ino == c->dst_ino))
+    else if (depth == 0 && c->actor_layout && skip_in_actor(name, S_ISDIR(sb.st_mode))) {
+        /* not a HuggingFace file */
+    } else if (S_ISDIR(sb.st_mode) && !(sb.st_dev == c->dst_dev && sb.st_ino == c->dst_ino))
         rc = copy_tree(c, s, d, depth + 1);
     else if (S_ISREG(sb.st_mode) && !(depth == 0 && strcmp(name, "config.json") == 0)) {
         rc = fm_copy_file(s, d, c->e);
@@ -377,7 +387,19 @@ static int copy_tree(copy_ctx *c, const char *src, const char *dst, int depth)
     return rc;
 }
 
+static int copy_assets(const char *src_dir, const char *dst_dir, bool actor_layout, int *copied, fm_err *e);
+
 int hf_copy_assets(const char *src_dir, const char *dst_dir, int *copied, fm_err *e)
+{
+    return copy_assets(src_dir, dst_dir, false, copied, e);
+}
+
+int hf_copy_assets_from_actor(const char *actor_dir, const char *dst_dir, int *copied, fm_err *e)
+{
+    return copy_assets(actor_dir, dst_dir, true, copied, e);
+}
+
+static int copy_assets(const char *src_dir, const char *dst_dir, bool actor_layout, int *copied, fm_err *e)
 {
     if (copied) *copied = 0;
     struct stat ss, ds;
@@ -386,7 +408,7 @@ int hf_copy_assets(const char *src_dir, const char *dst_dir, int *copied, fm_err
     if (stat(dst_dir, &ds) != 0) return fm_fail(e, FM_EIO, "cannot stat %s: %s", dst_dir, strerror(errno));
     if (ss.st_dev == ds.st_dev && ss.st_ino == ds.st_ino)
         return fm_fail(e, FM_EUSAGE, "%s and %s are the same folder", src_dir, dst_dir);
-    copy_ctx c = {.dst_dev = ds.st_dev, .dst_ino = ds.st_ino, .e = e};
+    copy_ctx c = {.dst_dev = ds.st_dev, .dst_ino = ds.st_ino, .actor_layout = actor_layout, .e = e};
     int rc = copy_tree(&c, src_dir, dst_dir, 0);
     if (copied) *copied = c.copied;
     return rc;

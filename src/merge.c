@@ -495,7 +495,9 @@ static int write_side_files(run *r, fm_err *e)
         free(path);
         free(text);
         FM_TRY(rc);
-        FM_TRY(hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
+        bool in_actor = strcmp(r->layout.hf_dir, r->layout.actor_dir) == 0;
+        FM_TRY(in_actor ? hf_copy_assets_from_actor(r->layout.hf_dir, dir, &copied, e)
+                        : hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
     }
     if (r->pl.index_json && wants_safetensors(r)) {
         char *path = fm_path_join(dir, "model.safetensors.index.json");

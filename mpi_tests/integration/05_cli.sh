@@ -56,3 +56,17 @@ assert r["mode"] in ("gather", "direct") and r["dtype"] == "bfloat16"
 print("ok")
 PYEOF
 grep -q '^ok$' "$SCRATCH/rep.log" && pass "--report: world size, tensors, bytes, phases" || { fail "--report"; cat "$SCRATCH/rep.log"; }
+
+# the older verl layout (before June 2025): config and tokenizer files straight in actor/, no
+# fsdp_config.json: the world size comes from the file names; only the HuggingFace files are copied
+old=$SCRATCH/oldlayout
+mkdir -p "$old/actor"
+cp "$FIX/fsdp2_ws4_tied/global_step_1/actor/"model_world_size_4_rank_*.pt "$old/actor/"
+cp "$FIX/fsdp2_ws4_tied/global_step_1/actor/huggingface/"* "$old/actor/"
+out=$SCRATCH/oldlayout-out
+mpimerge 4 "$old" --output "$out" --progress none
+cmp -s "$out/model.safetensors" "$FIX/fsdp2_ws4_tied/reference/bf16/model.safetensors" \
+    && cmp -s "$out/config.json" "$FIX/fsdp2_ws4_tied/reference/bf16/config.json" \
+    && [ -f "$out/tokenizer.json" ] && ! ls "$out" | grep -q '\.pt$' && grep -q "from file names" "$OUT_LOG" \
+    && pass "older verl layout (files in actor/, no fsdp_config.json): merged, only HF files copied" \
+    || fail "older verl layout: $(ls "$out" | tr '\n' ' ')"
