@@ -67,6 +67,6 @@ out=$SCRATCH/oldlayout-out
 mpimerge 4 "$old" --output "$out" --progress none
 cmp -s "$out/model.safetensors" "$FIX/fsdp2_ws4_tied/reference/bf16/model.safetensors" \
     && cmp -s "$out/config.json" "$FIX/fsdp2_ws4_tied/reference/bf16/config.json" \
-    && [ -f "$out/tokenizer.json" ] && ! ls "$out" | grep -q '\.pt$' && grep -q "from file names" "$OUT_LOG" \
+    && [ -f "$out/tokenizer.json" ] && ! ls "$out" | grep -q '\.pt$' && grep -q "world_size=4 from checkpoint (file names)" "$OUT_LOG" \
     && pass "older verl layout (files in actor/, no fsdp_config.json): merged, only HF files copied" \
     || fail "older verl layout: $(ls "$out" | tr '\n' ' ')"
