@@ -46,3 +46,21 @@ out=$SCRATCH/bad-replica
 timeout 120 mpirun -np 4 "$FM_BIN" "$SCRATCH/ck" --output "$out" > "$OUT_LOG" 2>&1; rc=$?
 [ $rc -eq 6 ] && grep -q "key 'model.embed_tokens.weight': rank 1 and rank 3 hold replicas of the same block with different bytes" "$OUT_LOG" \
     && [ ! -e "$out" ] && pass "HSDP: a replica with different bytes: exit 6, names both ranks" || { fail "bad replica: exit $rc"; tail -2 "$OUT_LOG"; }
+
+# A DTensor whose mesh has no pickled coordinate (_coordinate_on_dim = None, as a mesh
+# pickled from a rank outside it would have): the coordinate is found in the mesh's
+# rank map instead (_rank_map + _layout), and the merge is unchanged.
+rm -rf "$SCRATCH/ck"; cp -r "$FIX/fsdp2_ws4_tied/global_step_1" "$SCRATCH/ck"; chmod -R u+w "$SCRATCH/ck"
+key=5812000000$(printf '_coordinate_on_dim' | od -An -tx1 | tr -d ' \n')
+patched=0
+for r in 0 1 2 3; do
+    python3 "$FM_ROOT/mpi_tests/tools/zipedit.py" patch-pkl "$SCRATCH/ck/actor/model_world_size_4_rank_$r.pt" \
+        "${key}71464b0${r}85" "${key}71464e" && patched=$((patched + 1))
+done
+[ $patched -eq 4 ] && pass "removed the pickled mesh coordinate from all 4 rank files" || fail "coordinate patch ($patched of 4)"
+out=$SCRATCH/nocoord
+mpimerge 4 "$SCRATCH/ck" --output "$out" --progress none \
+    && check "no pickled mesh coordinate: found in the rank map, output unchanged" "$out/model.safetensors" \
+        "$FIX/fsdp2_ws4_tied/reference/bf16/model.safetensors" || fail "no pickled coordinate: exit $?"
+"$FM_BIN" inspect "$SCRATCH/ck/actor/model_world_size_4_rank_2.pt" | grep -q "coordinate=\[2\]" \
+    && pass "inspect: coordinate from the rank map" || fail "inspect coordinate from the rank map"
