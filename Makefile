@@ -51,7 +51,7 @@ LIB_OBJS_ASAN := $(LIB_SRCS:src/%.c=build-asan/obj/%.o)
 UNIT_BINS      := $(UNIT_SRCS:mpi_tests/unit/%.c=build/tests/%)
 UNIT_BINS_ASAN := $(UNIT_SRCS:mpi_tests/unit/%.c=build-asan/tests/%)
 
-.PHONY: all test unit unit-asan integration example bench clean help install
+.PHONY: all test unit unit-asan integration example bench clean help install asan-bin
 
 ## all: build bin/fsdpmerge and bin/fsdpsynth
 all: bin/fsdpmerge bin/fsdpsynth
@@ -63,6 +63,13 @@ bin/fsdpmerge: build/obj/main.o $(LIB_OBJS)
 bin/fsdpsynth: build/obj/synth_main.o $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+## asan-bin: bin/fsdpmerge built with AddressSanitizer + UBSan (build-asan/bin/fsdpmerge)
+asan-bin: build-asan/bin/fsdpmerge
+
+build-asan/bin/fsdpmerge: build-asan/obj/main.o $(LIB_OBJS_ASAN)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(filter-out -O2,$(CFLAGS)) $(ASAN_FLAGS) -o $@ $^ $(LDLIBS)
 
 build/obj/%.o: src/%.c
 	@mkdir -p $(@D)
@@ -84,7 +91,7 @@ build-asan/tests/%: mpi_tests/unit/%.c $(LIB_OBJS_ASAN)
 unit: $(UNIT_BINS) $(UNIT_BINS_ASAN)
 
 ## test: run every test; the last line is "N passed, M failed"
-test: all unit
+test: all unit asan-bin
 	$(Q)bash mpi_tests/run_all.sh
 
 ## example: synthesize a small FSDP2 checkpoint and merge it with mpirun -np 4
