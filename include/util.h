@@ -63,6 +63,10 @@ int fm_copy_file(const char *src, const char *dst, fm_err *e);
 int fm_mkdir_p(const char *path, fm_err *e);
 /*! fm_rmtree() : removes a file or directory tree; a missing path is success. */
 int fm_rmtree(const char *path, fm_err *e);
+/*! fm_pwrite_all() : writes all len bytes at off, retrying short writes and
+ *  EINTR. @return : 0, or the errno of the failure (EIO for a 0-byte write). */
+int fm_pwrite_all(int fd, const void *data, size_t len, uint64_t off);
+
 /*! fm_fsync_path() : fsyncs a file or directory by path. */
 int fm_fsync_path(const char *path, fm_err *e);
 

@@ -40,28 +40,15 @@ typedef struct iothread {
     fm_err err;
 } iothread;
 
-static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
-{
-    while (len > 0) {
-        ssize_t w = pwrite(fd, p, len, (off_t)off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return w < 0 ? errno : ENOSPC;
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 static int write_job(const iojob *j)
 {
     size_t aligned = j->dfd >= 0 && j->off % DIO_ALIGN == 0 ? j->len & ~(size_t)(DIO_ALIGN - 1) : 0;
-    int err = aligned ? pwrite_all(j->dfd, j->buf, aligned, j->off) : 0;
+    int err = aligned ? fm_pwrite_all(j->dfd, j->buf, aligned, j->off) : 0;
     if (err == EINVAL) { /* the file system refuses direct I/O after all: write through the cache */
         aligned = 0;
         err = 0;
     }
-    if (err == 0) err = pwrite_all(j->fd, j->buf + aligned, j->len - aligned, j->off + aligned);
+    if (err == 0) err = fm_pwrite_all(j->fd, j->buf + aligned, j->len - aligned, j->off + aligned);
     return err;
 }
 
@@ -222,7 +209,7 @@ static int open_output(const char *dir, const plan_file *pf, bool direct_io, int
     if (fds[0] < 0) rc = fm_fail(e, FM_EIO, "cannot create %s: %s", path, strerror(errno));
     else if (ftruncate(fds[0], (off_t)pf->size) != 0)
         rc = fm_fail(e, FM_EIO, "cannot size %s to %" PRIu64 " bytes: %s", path, pf->size, strerror(errno));
-    else if (pwrite_all(fds[0], pf->header.data, pf->header.len, 0) != 0)
+    else if (fm_pwrite_all(fds[0], pf->header.data, pf->header.len, 0) != 0)
         rc = fm_fail(e, FM_EIO, "cannot write the header of %s: %s", path, strerror(errno));
     if (rc == 0 && direct_io) fds[1] = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC); /* -1 (EINVAL) on tmpfs etc. */
     free(path);

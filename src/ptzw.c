@@ -145,19 +145,10 @@ static int ptzw_write_all(ptzw *w, const void *data, size_t len, fm_err *e)
 
 static int ptzw_pwrite_all(ptzw *w, const void *data, size_t len, uint64_t ofs, fm_err *e)
 {
-    const uint8_t *p = data;
-    while (len > 0) {
-        ssize_t n = pwrite(w->fd, p, len, (off_t)ofs);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (n == 0) errno = EIO;
-            return ptzw_io_fail(w, "write", e);
-        }
-        p += n;
-        len -= (size_t)n;
-        ofs += (uint64_t)n;
-    }
-    return 0;
+    int err = fm_pwrite_all(w->fd, data, len, ofs);
+    if (err == 0) return 0;
+    errno = err;
+    return ptzw_io_fail(w, "write", e);
 }
 
 static int ptzw_flush(ptzw *w, fm_err *e)

@@ -207,6 +207,20 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
+int fm_pwrite_all(int fd, const void *data, size_t len, uint64_t off)
+{
+    const uint8_t *p = data;
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, FM_MIN(len, (size_t)1 << 30), (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return w < 0 ? errno : EIO;
+        p += w;
+        len -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
 int fm_write_file(const char *path, const void *data, size_t len, fm_err *e)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
