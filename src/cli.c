@@ -50,7 +50,7 @@ static const opt_spec SPECS[] = {
     {"report", 0, required_argument, OPT_REPORT, "FILE", "write a JSON summary (tensors, bytes, seconds per phase)"},
     {"mode", 0, required_argument, OPT_MODE, "MODE",
      "gather (the writer writes everything), direct (every process writes its own pieces with MPI-IO) or auto "
-     "(default: direct when processes on several machines all see the output folder, else gather)"},
+     "(default: direct when every process sees the output folder, else gather; on one machine gather is faster)"},
     {"format", 0, required_argument, OPT_FORMAT, "FORMAT",
      "safetensors (default), hdf5 (one model.h5 with a dataset per tensor, written by every process with parallel "
      "HDF5; needs a shared output folder) or both"},

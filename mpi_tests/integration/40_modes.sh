@@ -27,11 +27,12 @@ for spec in fsdp2_ws4_shard1:4 fsdp2_ws8_uneven_bf16:8 fsdp1_ws2_nomesh:2 fsdp1_
     done
 done
 
-# auto on one machine picks gather (the writer's O_DIRECT path is the fast one there) and says so;
-# mpi_tests/integration/90_multihost.sh checks that it picks direct across machines
+# auto picks direct when every process sees the output folder (here: one machine) and says
+# so; mpi_tests/integration/90_multihost.sh checks the fallback to gather
 out=$SCRATCH/auto
 mpimerge 4 "$FIX/fsdp2_ws4_tied/global_step_1" --output "$out" --progress none
-grep -q "Mode: *gather (one machine" "$OUT_LOG" && pass "auto mode chooses gather on one machine" || fail "auto mode: $(grep Mode "$OUT_LOG")"
+grep -q "Mode: *direct (every process sees the output folder" "$OUT_LOG" && pass "auto mode chooses direct when the output folder is shared" \
+    || fail "auto mode: $(grep Mode "$OUT_LOG")"
 check_ref "auto mode" "$out" "$FIX/fsdp2_ws4_tied/reference/bf16" "auto"
 rm -rf "$out"
 
