@@ -42,8 +42,8 @@ CPPFLAGS += -DFM_VERSION=\"$(VERSION)\"
 
 Q := $(if $(filter 1,$(V)),,@)
 
-PROG_SRCS := src/main.c src/synth_main.c
-LIB_SRCS  := $(filter-out $(PROG_SRCS),$(wildcard src/*.c))
+PROG_SRCS := src/cmd/main.c src/synth/synth_main.c
+LIB_SRCS  := $(filter-out $(PROG_SRCS),$(wildcard src/*/*.c))
 UNIT_SRCS := $(wildcard mpi_tests/unit/test_*.c)
 
 LIB_OBJS      := $(LIB_SRCS:src/%.c=build/obj/%.o)
@@ -51,23 +51,23 @@ LIB_OBJS_ASAN := $(LIB_SRCS:src/%.c=build-asan/obj/%.o)
 UNIT_BINS      := $(UNIT_SRCS:mpi_tests/unit/%.c=build/tests/%)
 UNIT_BINS_ASAN := $(UNIT_SRCS:mpi_tests/unit/%.c=build-asan/tests/%)
 
-.PHONY: all test unit unit-asan integration example bench clean help install asan-bin
+.PHONY: all test unit unit-asan integration example bench clean help install asan-bin check-layers
 
 ## all: build bin/fsdpmerge and bin/fsdpsynth
 all: bin/fsdpmerge bin/fsdpsynth
 
-bin/fsdpmerge: build/obj/main.o $(LIB_OBJS)
+bin/fsdpmerge: build/obj/cmd/main.o $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-bin/fsdpsynth: build/obj/synth_main.o $(LIB_OBJS)
+bin/fsdpsynth: build/obj/synth/synth_main.o $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 ## asan-bin: bin/fsdpmerge built with AddressSanitizer + UBSan (build-asan/bin/fsdpmerge)
 asan-bin: build-asan/bin/fsdpmerge
 
-build-asan/bin/fsdpmerge: build-asan/obj/main.o $(LIB_OBJS_ASAN)
+build-asan/bin/fsdpmerge: build-asan/obj/cmd/main.o $(LIB_OBJS_ASAN)
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(filter-out -O2,$(CFLAGS)) $(ASAN_FLAGS) -o $@ $^ $(LDLIBS)
 
@@ -94,6 +94,10 @@ unit: $(UNIT_BINS) $(UNIT_BINS_ASAN)
 test: all unit asan-bin
 	$(Q)bash mpi_tests/run_all.sh
 
+## check-layers: fail when a source includes a layer above its own (src/*/README.md)
+check-layers:
+	$(Q)sh tools/check_layers.sh
+
 ## example: synthesize a small FSDP2 checkpoint and merge it with mpirun -np 4
 example: all
 	$(Q)bash tools/example.sh
@@ -118,4 +122,4 @@ help:
 
 .SECONDARY:
 
--include $(LIB_OBJS:.o=.d) $(LIB_OBJS_ASAN:.o=.d) build/obj/main.d build/obj/synth_main.d
+-include $(LIB_OBJS:.o=.d) $(LIB_OBJS_ASAN:.o=.d) build/obj/cmd/main.d build/obj/synth/synth_main.d build-asan/obj/cmd/main.d

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "crc32.h"
+#include "base/crc32.h"
 
 static void fill(unsigned char *b, size_t n, uint32_t seed)
 {

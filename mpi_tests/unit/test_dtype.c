@@ -7,7 +7,7 @@
 #include <cmocka.h>
 #include <immintrin.h>
 
-#include "dtype.h"
+#include "base/dtype.h"
 
 static uint32_t bits(float f)
 {

@@ -33,14 +33,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dtype.h"
-#include "h5out.h"
-#include "plan.h"
-#include "ptz.h"
-#include "synth.h"
+#include "base/dtype.h"
+#include "engine/h5out.h"
+#include "plan/plan.h"
+#include "torchfmt/ptz.h"
+#include "synth/synth.h"
 #include "testutil.h"
-#include "tindex.h"
-#include "util.h"
+#include "torchfmt/tindex.h"
+#include "base/util.h"
 
 /* With parallel HDF5 linked next to Open MPI, LeakSanitizer's scan of the
  * dynamic TLS at exit crashes ("Tracer caught signal 11" on a stale DTLS

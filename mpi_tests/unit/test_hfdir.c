@@ -10,9 +10,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "hfdir.h"
+#include "hf/hfdir.h"
 #include "testutil.h"
-#include "util.h"
+#include "base/util.h"
 
 static const char *const FIXTURES[] = {
     "fsdp2_ws4_tied",   "fsdp1_ws4_mesh",     "fsdp1_ws2_nomesh",     "fsdp2_ws8_uneven_bf16", "fsdp2_ws4_shard1",

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jsonfmt.h"
+#include "hf/jsonfmt.h"
 #include "testutil.h"
 
 

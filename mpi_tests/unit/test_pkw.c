@@ -17,8 +17,8 @@
 #include <cmocka.h>
 #include <zip.h>
 
-#include "pkl.h"
-#include "pkw.h"
+#include "torchfmt/pkl.h"
+#include "torchfmt/pkw.h"
 #include "testutil.h"
 
 /* Generated with CPython 3.11 pickle from the expressions shown (classes from

@@ -17,9 +17,9 @@
 #include <zip.h>
 #include <zlib.h>
 
-#include "ptz.h"
+#include "torchfmt/ptz.h"
 #include "testutil.h"
-#include "util.h"
+#include "base/util.h"
 
 #define MISC "misc_tensors/misc.pt"
 #define TIED_MODEL "fsdp2_ws4_tied/global_step_1/actor/model_world_size_4_rank_0.pt"

@@ -20,8 +20,8 @@
 #include <unistd.h>
 #include <zip.h>
 
-#include "ptz.h"
-#include "ptzw.h"
+#include "torchfmt/ptz.h"
+#include "torchfmt/ptzw.h"
 #include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------------ */

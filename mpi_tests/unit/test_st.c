@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "st.h"
+#include "hf/st.h"
 #include "testutil.h"
 
 static const char *const FIXTURES[] = {

@@ -14,13 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pkl.h"
-#include "ptz.h"
-#include "st.h"
-#include "synth.h"
+#include "torchfmt/pkl.h"
+#include "torchfmt/ptz.h"
+#include "hf/st.h"
+#include "synth/synth.h"
 #include "testutil.h"
-#include "tindex.h"
-#include "util.h"
+#include "torchfmt/tindex.h"
+#include "base/util.h"
 
 #define TIED_FX "fsdp2_ws4_tied/global_step_1/actor/model_world_size_4_rank_%d.pt"
 #define SHARD1_FX "fsdp2_ws4_shard1/global_step_1/actor/model_world_size_4_rank_%d.pt"

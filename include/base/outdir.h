@@ -1,0 +1,36 @@
+/* outdir.h - the output folder appears whole or not at all.
+ *
+ * Everything is written into a hidden temporary folder next to the target
+ * (".<name>.fsdpmerge-XXXXXX" in the same parent, hence the same file
+ * system), and renamed onto the target at the very end. An existing target
+ * is refused unless force is set; then it is moved aside, replaced, and
+ * removed only after the new folder is in place. A failed run removes its
+ * temporary folder, so no half-written output is ever left under the name.
+ */
+#ifndef FM_OUTDIR_H
+#define FM_OUTDIR_H
+
+#include <stdbool.h>
+
+#include "base/err.h"
+
+typedef struct od_state {
+    char *target;
+    char *tmp;
+} od_state;
+
+/*! od_check() : the target does not exist (or force), and its parent can be
+ *  created. No side effect. */
+int od_check(const char *target, bool force, fm_err *e);
+/*! od_prepare() : od_check() + creates the parent (like mkdir -p) and the
+ *  temporary folder. */
+int od_prepare(const char *target, bool force, od_state *st, fm_err *e);
+/*! od_commit() : renames the temporary folder onto the target (fsyncing the
+ *  parent when do_fsync). */
+int od_commit(od_state *st, bool force, bool do_fsync, fm_err *e);
+/*! od_abort() : removes the temporary folder. Accepts a zeroed state. */
+void od_abort(od_state *st);
+/*! od_temp_path() : the temporary folder, or NULL before od_prepare(). */
+const char *od_temp_path(const od_state *st);
+
+#endif

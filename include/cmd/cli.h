@@ -1,0 +1,66 @@
+/* cli.h - the command line.
+ *
+ * One table drives parsing (getopt_long) and --help, so they cannot drift.
+ * Both converters' spellings are accepted: the torchrun one
+ * (--checkpoint_path/--output_path) and the simple script's (positional
+ * checkpoint, --output, --actor-dir, --dtype). Every process parses the same
+ * argv and gets the same result; only rank 0 prints.
+ */
+#ifndef FM_CLI_H
+#define FM_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/dtype.h"
+#include "base/err.h"
+#include "plan/plan.h"
+#include "base/progress.h"
+
+typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION } cli_command;
+typedef enum cli_mode { CLI_MODE_AUTO = 0, CLI_MODE_GATHER, CLI_MODE_DIRECT } cli_mode;
+/* which weight files: model*.safetensors, model.h5 (parallel HDF5), or both */
+typedef enum cli_format { CLI_FORMAT_SAFETENSORS = 0, CLI_FORMAT_HDF5, CLI_FORMAT_BOTH } cli_format;
+
+#define CLI_MAX_HINTS 32
+
+typedef struct cli_opts {
+    cli_command command;
+    /* merge */
+    char *checkpoint;         /* step folder or actor folder */
+    char *output;             /* malloc'd: --output, or <checkpoint>_merged */
+    const char *output_arg;   /* --output as given (argv), NULL when absent */
+    const char *actor_dir;    /* default "actor" */
+    dt_type dtype;            /* DT_INVALID = auto */
+    uint64_t max_shard_size;  /* default 5 GB */
+    uint64_t buffer_size;     /* default 64 MiB */
+    int writer;               /* default 0 */
+    int world_size;           /* 0 = from the checkpoint */
+    plan_plain_mode plain;
+    const char *architecture; /* NULL = keep or infer */
+    const char *report;       /* JSON summary path, NULL = none */
+    bool force, no_crc, no_fsync, no_direct_io;
+    bool optimizer;           /* also merge the optimizer state */
+    cli_mode mode;
+    cli_format format;        /* default safetensors */
+    const char *shard_template; /* %w world size, %r rank, %k kind; NULL = next to fsdp_config.json */
+    const char *hints[CLI_MAX_HINTS]; /* "key=value" MPI-IO hints */
+    int nhints;
+    bool show_hints;
+    pg_mode progress;
+    bool quiet;
+    /* inspect */
+    const char *inspect_file;
+    bool json;
+    long values;              /* tensor values to print (inspect), default 0 */
+} cli_opts;
+
+/*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for
+ *  bad usage. o->output is malloc'd (free with cli_free). */
+int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e);
+void cli_free(cli_opts *o);
+/*! cli_usage() : the --help text. */
+void cli_usage(FILE *out);
+
+#endif

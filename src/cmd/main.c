@@ -1,0 +1,42 @@
+/* main.c - fsdpmerge's entry point: MPI set-up and the command dispatch. */
+#include <mpi.h>
+#include <stdio.h>
+
+#include "cmd/cli.h"
+#include "base/err.h"
+#include "cmd/inspect.h"
+#include "cmd/merge.h"
+
+int main(int argc, char **argv)
+{
+    int provided, me = 0;
+    /* FUNNELED: only the main thread calls MPI; the writer's I/O thread does pwrite only */
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    fm_err e = {0};
+    cli_opts o;
+    int rc = cli_parse(argc, argv, &o, &e);
+    if (rc == 0) {
+        switch (o.command) {
+        case CLI_HELP:
+            if (me == 0) cli_usage(stdout);
+            break;
+        case CLI_VERSION:
+            if (me == 0) printf("fsdpmerge %s\n", FM_VERSION);
+            break;
+        case CLI_INSPECT:
+            if (me == 0) rc = ins_run(&o, stdout, &e);
+            break;
+        case CLI_MERGE:
+            rc = mg_run_all(&o, MPI_COMM_WORLD, stdout, &e);
+            break;
+        }
+    }
+    if (rc != 0 && me == 0) {
+        fprintf(stderr, "fsdpmerge: error: %s\n", e.msg);
+        if (rc == FM_EUSAGE) fprintf(stderr, "Try 'fsdpmerge --help'.\n");
+    }
+    cli_free(&o);
+    MPI_Finalize();
+    return rc;
+}

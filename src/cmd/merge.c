@@ -1,0 +1,697 @@
+/* merge.c - the merge command (see merge.h). */
+#include "cmd/merge.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ckpt/ckpt.h"
+#include "base/comm.h"
+#include "state/extrastate.h"
+#include "engine/h5out.h"
+#include "hf/hfdir.h"
+#include "state/optim.h"
+#include "base/outdir.h"
+#include "plan/plan.h"
+#include "base/progress.h"
+#include "torchfmt/ptz.h"
+#include "cmd/report.h"
+#include "torchfmt/tindex.h"
+#include "base/util.h"
+#include "engine/xfer.h"
+
+#define RULE "======================================================================"
+
+typedef struct run {
+    const cli_opts *o;
+    MPI_Comm comm;
+    FILE *out;
+    int me, nprocs, writer;
+    bool talk;              /* rank 0 and not --quiet */
+    bool direct;            /* direct (MPI-IO by every process) or gather mode */
+    const char *why;        /* why the mode was chosen, for the banner */
+    char *tmpdir;           /* the temporary output folder, known to every process */
+    MPI_Info info;          /* MPI-IO hints */
+    ck_layout layout;
+    ptz_file **zips;        /* [W], open for my ranks */
+    ti_index *ix;           /* [W], all ranks after the exchange */
+    char *config;           /* config.json text, NULL when there is none */
+    size_t config_len;
+    hf_config_info cfg;
+    plan pl;
+    od_state od;
+    pg_bar bar;
+    rp_times times;
+    xf_stats xs;
+} run;
+
+static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
+static void say(run *r, const char *fmt, ...)
+{
+    if (!r->talk) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(r->out, fmt, ap);
+    va_end(ap);
+    fflush(r->out);
+}
+
+/* ---- broadcasting small things from one process ---- */
+
+static int bcast_bytes(char **buf, size_t *len, int root, MPI_Comm comm, fm_err *e)
+{
+    int me;
+    MPI_Comm_rank(comm, &me);
+    uint64_t n = me == root ? (*buf ? *len + 1 : 0) : 0;
+    MPI_Bcast(&n, 1, MPI_UINT64_T, root, comm);
+    if (me != root) {
+        *buf = NULL;
+        *len = 0;
+        if (n) {
+            *buf = malloc(n);
+            if (*buf == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        }
+    }
+    if (n > (uint64_t)INT32_MAX) return fm_fail(e, FM_EUNSUPPORTED, "metadata over 2 GiB");
+    if (n) MPI_Bcast(*buf, (int)n, MPI_CHAR, root, comm);
+    if (me != root && n) *len = n - 1;
+    return 0;
+}
+
+static int bcast_str(char **s, int root, MPI_Comm comm, fm_err *e)
+{
+    size_t len = *s ? strlen(*s) : 0;
+    return bcast_bytes(s, &len, root, comm, e);
+}
+
+/* ---- phase 1: discover ---- */
+
+/* Can every process see the writer's temporary folder? (direct mode needs
+ * it: a shared file system). The writer drops a file with a random token in
+ * it; every process reads it back. */
+static int probe_shared(run *r, bool *shared, fm_err *e)
+{
+    char token[64] = "", *path = NULL;
+    if (r->me == r->writer) {
+        snprintf(token, sizeof token, "%ld-%.0f", (long)getpid(), MPI_Wtime() * 1e6);
+        path = fm_path_join(r->tmpdir, ".fsdpmerge-probe");
+        if (path == NULL || fm_write_file(path, token, strlen(token), e)) fm_context(e, "probing the output folder");
+    }
+    FM_TRY(comm_agree_all(e, r->comm));
+    MPI_Bcast(token, sizeof token, MPI_CHAR, r->writer, r->comm);
+    if (path == NULL) path = fm_path_join(r->tmpdir, ".fsdpmerge-probe");
+    char *seen = NULL;
+    size_t len = 0;
+    fm_err ignore = {0};
+    int mine = path && fm_read_file(path, 256, &seen, &len, &ignore) == 0 && strcmp(seen, token) == 0;
+    free(seen);
+    int all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, r->comm);
+    MPI_Barrier(r->comm);
+    if (r->me == r->writer && path) unlink(path);
+    free(path);
+    *shared = all != 0;
+    return 0;
+}
+
+static bool wants_hdf5(const run *r) { return r->o->format != CLI_FORMAT_SAFETENSORS; }
+static bool wants_safetensors(const run *r) { return r->o->format != CLI_FORMAT_HDF5; }
+
+/* auto: direct when every process sees the output folder (probed), else
+ * gather, as the scale issue specifies. On one machine gather's O_DIRECT
+ * writes measured faster (docs/benchmarks.md): the banner says so. */
+static int choose_mode(run *r, fm_err *e)
+{
+    bool shared = false;
+    if (r->o->mode == CLI_MODE_GATHER && !wants_hdf5(r)) {
+        r->direct = false;
+        r->why = "gather (the writer writes the files)";
+        return 0;
+    }
+    FM_TRY(probe_shared(r, &shared, e));
+    /* parallel HDF5 writes model.h5 from every process */
+    if (wants_hdf5(r) && !shared)
+        return fm_fail(e, FM_EUSAGE, "--format %s: not every process can see the output folder %s (parallel HDF5 "
+                       "writes from every process; use --format safetensors with --mode gather)",
+                       r->o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both", r->tmpdir);
+    if (r->o->mode == CLI_MODE_DIRECT && !shared)
+        return fm_fail(e, FM_EUSAGE, "--mode direct: not every process can see the output folder %s (use --mode gather)",
+                       r->tmpdir);
+    r->direct = r->o->mode == CLI_MODE_DIRECT || (r->o->mode == CLI_MODE_AUTO && shared);
+    r->why = r->o->mode == CLI_MODE_DIRECT ? "direct (every process writes its own pieces with MPI-IO)"
+             : r->o->mode == CLI_MODE_GATHER ? "gather (the writer writes the files)"
+             : r->direct ? "direct (every process sees the output folder; on one machine --mode gather is faster)"
+                         : "gather (not every process sees the output folder)";
+    return 0;
+}
+
+static int make_info(run *r, fm_err *e)
+{
+    r->info = MPI_INFO_NULL;
+    if (r->o->nhints == 0) return 0;
+    MPI_Info_create(&r->info);
+    for (int i = 0; i < r->o->nhints; i++) {
+        char key[MPI_MAX_INFO_KEY + 1];
+        const char *eq = strchr(r->o->hints[i], '=');
+        size_t kl = (size_t)(eq - r->o->hints[i]);
+        if (kl > MPI_MAX_INFO_KEY) return fm_fail(e, FM_EUSAGE, "--mpi-hint key too long: %s", r->o->hints[i]);
+        memcpy(key, r->o->hints[i], kl);
+        key[kl] = '\0';
+        MPI_Info_set(r->info, key, eq + 1);
+    }
+    return 0;
+}
+
+static int discover(run *r, fm_err *e)
+{
+    const cli_opts *o = r->o;
+    if (r->me == 0 && o->shard_template)
+        ck_discover_template(o->checkpoint, o->actor_dir, o->shard_template, o->world_size, &r->layout, e);
+    else if (r->me == 0)
+        ck_discover(o->checkpoint, o->actor_dir, o->world_size, &r->layout, e);
+    if (r->me == 0 && e->code == 0 && r->writer >= r->nprocs)
+        fm_fail(e, FM_EUSAGE, "--writer-rank %d but only %d processes", r->writer, r->nprocs);
+    FM_TRY(comm_agree_all(e, r->comm));
+    int ints[2] = {r->layout.world_size, r->layout.fsdp_version};
+    MPI_Bcast(ints, 2, MPI_INT, 0, r->comm);
+    r->layout.world_size = ints[0];
+    r->layout.fsdp_version = ints[1];
+    FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e));
+    FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
+    FM_TRY(bcast_str(&r->layout.shard_template, 0, r->comm, e));
+    if (r->nprocs > r->layout.world_size)
+        return fm_fail(e, FM_EUSAGE, "%d processes for a checkpoint of world size %d: run at most -np %d",
+                       r->nprocs, r->layout.world_size, r->layout.world_size);
+    if (o->optimizer && r->layout.fsdp_version == 1)
+        return fm_fail(e, FM_EUNSUPPORTED,
+                       "--optimizer: this is an FSDP1 checkpoint (fsdp_config.json), whose optimizer state is flat "
+                       "per-rank shards of FlatParameters that cannot be split per parameter; merge without --optimizer");
+    if (wants_hdf5(r) && !h5_available())
+        return fm_fail(e, FM_EUNSUPPORTED, "--format %s: this fsdpmerge was built without parallel HDF5 "
+                       "(install libhdf5-openmpi-dev and rebuild)", o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both");
+    FM_TRY(make_info(r, e));
+    /* the writer creates the temporary output folder */
+    if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
+    FM_TRY(comm_agree_all(e, r->comm));
+    FM_TRY(bcast_str(&r->tmpdir, r->writer, r->comm, e));
+    FM_TRY(choose_mode(r, e));
+    return comm_agree_all(e, r->comm);
+}
+
+static void banner(run *r)
+{
+    const cli_opts *o = r->o;
+    int W = r->layout.world_size;
+    say(r, RULE "\nfsdpmerge %s: FSDP checkpoint -> HuggingFace model\n" RULE "\n", FM_VERSION);
+    say(r, "Checkpoint:    %s\nActor dir:     %s\nOutput:        %s\nDtype:         %s\n", o->checkpoint,
+        r->layout.actor_dir, o->output, o->dtype == DT_INVALID ? "auto (as saved)" : dt_torch_name(o->dtype));
+    say(r, "Format:        %s\n", r->o->format == CLI_FORMAT_HDF5 ? "hdf5 (model.h5, parallel HDF5)"
+                                : r->o->format == CLI_FORMAT_BOTH ? "safetensors and hdf5 (model.h5)" : "safetensors");
+    say(r, "Processes:     %d%s, writer: process %d\nMode:          %s\n" RULE "\n", r->nprocs,
+        r->nprocs == W ? " (one per rank)" : "", r->writer, r->why);
+    if (r->layout.fsdp_version)
+        say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (fsdp_config.json, FSDP%d)\n\n", W,
+            r->layout.fsdp_version);
+    else
+        say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (file names)\n\n", W);
+}
+
+/* ---- phase 2: open my shards, index them ---- */
+
+static bool has_replicate(const ti_entry *en) { return strstr(en->placements, "Replicate") != NULL; }
+
+static const ti_entry *find_entry(const ti_index *ix, const char *key)
+{
+    for (size_t i = 0; i < ix->n; i++)
+        if (strcmp(ix->entries[i].key, key) == 0) return &ix->entries[i];
+    return NULL;
+}
+
+/* The plan compares some blocks by content: plain tensors across ranks,
+ * replicas, and an lm_head that is not the embedding's storage. */
+static bool needs_crc(const run *r, const ti_index *ix, const ti_entry *en)
+{
+    int W = r->layout.world_size;
+    if (en->kind == TI_PLAIN) return W > 1 && r->o->plain != PLAN_PLAIN_REPLICATED;
+    if (has_replicate(en)) return true;
+    const ti_entry *head = find_entry(ix, "lm_head.weight");
+    if (head == NULL) return false;
+    const ti_entry *emb = find_entry(ix, "model.embed_tokens.weight");
+    bool shared = emb && head->npieces == emb->npieces && head->npieces > 0 &&
+                  strcmp(head->pieces[0].view.storage, emb->pieces[0].view.storage) == 0;
+    if (shared) return false;
+    return en == head || fm_ends_with(en->key, "embed_tokens.weight") || fm_ends_with(en->key, "wte.weight") ||
+           fm_ends_with(en->key, "word_embeddings.weight");
+}
+
+static int hash_pieces(run *r, ti_index *ix, ptz_file *z, fm_err *e)
+{
+    for (size_t i = 0; i < ix->n; i++) {
+        ti_entry *en = &ix->entries[i];
+        if (!needs_crc(r, ix, en)) continue;
+        for (size_t k = 0; k < en->npieces; k++) {
+            FM_TRY(ti_piece_crc(z, &en->pieces[k], &en->pieces[k].crc, e));
+            en->pieces[k].has_crc = true;
+        }
+    }
+    return 0;
+}
+
+static size_t my_rank_count(const run *r)
+{
+    int W = r->layout.world_size;
+    return (size_t)((W - r->me + r->nprocs - 1) / r->nprocs);
+}
+
+static int open_mine(run *r, fm_err *e)
+{
+    int W = r->layout.world_size;
+    size_t mine = my_rank_count(r);
+    size_t rbuf = (size_t)(r->o->buffer_size / 4 / (mine ? mine : 1));
+    rbuf = FM_MIN(FM_MAX(rbuf, (size_t)1 << 20), (size_t)64 << 20);
+    r->zips = calloc((size_t)W, sizeof *r->zips);
+    r->ix = calloc((size_t)W, sizeof *r->ix);
+    if (r->zips == NULL || r->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    for (int k = r->me; k < W; k += r->nprocs) {
+        char *path = ck_rank_file(&r->layout, "model", k);
+        if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, rbuf, &r->zips[k], e);
+        if (rc == 0) rc = ti_load(r->zips[k], k, &r->ix[k], e);
+        if (rc == 0) rc = hash_pieces(r, &r->ix[k], r->zips[k], e);
+        if (rc) fm_context(e, "rank %d: %s", k, path);
+        free(path);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- phase 3: exchange indexes ---- */
+
+static int exchange(run *r, ti_index *ix, fm_err *e)
+{
+    int W = r->layout.world_size;
+    fm_buf mine = {0};
+    for (int k = r->me; k < W; k += r->nprocs) {
+        int rc = ti_pack(&ix[k], &mine, e);
+        if (rc) {
+            fm_buf_free(&mine);
+            return rc;
+        }
+    }
+    uint8_t *all;
+    uint64_t *offs;
+    int rc = comm_allgather_blobs_all(mine.data, mine.len, r->comm, &all, &offs, e);
+    fm_buf_free(&mine);
+    if (rc) return rc;
+    for (int q = 0; q < r->nprocs && rc == 0; q++) {
+        if (q == r->me) continue; /* own indexes are already here */
+        /* process q's blob: the packed indexes of ranks q, q+P, ... back to back */
+        const uint8_t *p = all + offs[q], *end = all + offs[q + 1];
+        for (int k = q; k < W && rc == 0; k += r->nprocs) rc = ti_unpack_next(&p, end, &ix[k], e);
+    }
+    free(all);
+    free(offs);
+    return rc;
+}
+
+/* ---- phase 4: config and plan ---- */
+
+static int read_config(run *r, fm_err *e)
+{
+    if (r->me == 0 && r->layout.hf_dir) {
+        char *path = fm_path_join(r->layout.hf_dir, "config.json");
+        if (path == NULL || fm_read_file(path, 64u << 20, &r->config, &r->config_len, e)) {
+            if (path) fm_context(e, "rank 0");
+        } else if (hf_config_read(r->config, r->config_len, &r->cfg, e)) {
+            fm_context(e, "%s", path);
+        }
+        free(path);
+    }
+    FM_TRY(comm_agree_all(e, r->comm));
+    FM_TRY(bcast_bytes(&r->config, &r->config_len, 0, r->comm, e));
+    if (r->config && r->me != 0) FM_TRY(hf_config_read(r->config, r->config_len, &r->cfg, e));
+    return 0;
+}
+
+static void print_loaded(run *r)
+{
+    int W = r->layout.world_size;
+    say(r, "Loading %d checkpoint shards...\n", W);
+    for (int k = 0; k < W; k++) {
+        char *base = fm_path_basename(r->ix[k].path);
+        if (k < 8 || k == W - 1) say(r, "  [%d/%d] %s (%zu keys)\n", k + 1, W, base ? base : "?", r->ix[k].n);
+        else if (k == 8) say(r, "  ...\n");
+        free(base);
+    }
+    say(r, "\n");
+}
+
+static int make_plan(run *r, fm_err *e)
+{
+    plan_opts po = {
+        .world_size = r->layout.world_size,
+        .nprocs = r->nprocs,
+        .out_dtype = r->o->dtype,
+        .max_shard_size = r->o->max_shard_size,
+        .tie_word_embeddings = r->config ? r->cfg.tie_word_embeddings : false,
+        .plain = r->o->plain,
+    };
+    plan_build(r->ix, &po, &r->pl, e);
+    FM_TRY(comm_agree_all(e, r->comm));
+    say(r, "Merging shards into full state dict...\n");
+    say(r, "\xe2\x9c\x93 Merged %zu parameters:\n  - %zu replicated parameters\n  - %zu sharded parameters\n",
+        r->pl.ntensors, r->pl.n_replicated, r->pl.n_sharded);
+    if (r->pl.n_dropped) say(r, "  - lm_head.weight dropped: tied to the input embedding (tie_word_embeddings)\n");
+    for (size_t i = 0; i < r->pl.nwarnings && i < 20; i++) say(r, "  warning: %s\n", r->pl.warnings[i]);
+    if (r->pl.nwarnings > 20) say(r, "  warning: ... and %zu more\n", r->pl.nwarnings - 20);
+    say(r, "\n");
+    return 0;
+}
+
+/* ---- phase 5: data ---- */
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    (void)total;
+    run *r = ctx;
+    if (r->talk) pg_update(&r->bar, done);
+}
+
+/* memory per process: gather keeps 3 windows at the writer (2 being
+ * written/filled + 1 received), direct 1; read buffers get a quarter */
+static int run_engine(run *r, const plan *pl, ptz_file *const *zips, const char *dir, bool hints, xf_stats *xs, fm_err *e)
+{
+    xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .direct_io = !r->o->no_direct_io, .info = r->info,
+                  .hints_out = hints && r->talk ? r->out : NULL};
+    if (r->direct) {
+        xo.window = (size_t)(r->o->buffer_size / 2);
+        return xf_direct_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
+    }
+    xo.window = (size_t)(r->o->buffer_size / 4);
+    return xf_gather_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
+}
+
+static int config_text(run *r, char **text, size_t *len, fm_err *e);
+
+/* model.h5 in the temporary folder, written by every process; the same
+ * buffer budget as direct mode (one window of half the budget). */
+static int write_hdf5(run *r, fm_err *e)
+{
+    char *config = NULL, *path = NULL;
+    size_t len = 0;
+    int rc = r->config ? config_text(r, &config, &len, e) : 0;
+    if (rc == 0 && (path = fm_path_join(r->tmpdir, "model.h5")) == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0) {
+        h5_opts ho;
+        h5_opts_init(&ho);
+        ho.window = (size_t)(r->o->buffer_size / 2);
+        ho.info = r->info;
+        ho.fsync = !r->o->no_fsync;
+        ho.config = config;
+        ho.source_world_size = r->layout.world_size;
+        ho.hints_out = r->o->show_hints && r->talk ? r->out : NULL;
+        xf_stats xs = {0};
+        rc = h5_write_all(&r->pl, r->zips, path, &ho, on_progress, r, r->comm, &xs, e);
+        r->xs.bytes_read += xs.bytes_read;
+        r->xs.bytes_written += xs.bytes_written;
+    }
+    free(path);
+    free(config);
+    return rc;
+}
+
+static int move_data(run *r, fm_err *e)
+{
+    char sz[32];
+    int rc = 0;
+    fm_format_bytes(r->pl.total_bytes, sz, sizeof sz);
+    const char *dt = r->o->dtype == DT_INVALID ? "dtype as saved" : dt_torch_name(r->o->dtype);
+    if (wants_safetensors(r)) {
+        say(r, "Saving merged model to %s\n  Writing %zu file%s (%s, %s)...\n", r->o->output, r->pl.nfiles,
+            r->pl.nfiles == 1 ? "" : "s", sz, dt);
+        if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
+        rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
+        if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
+    }
+    if (rc == 0 && wants_hdf5(r)) {
+        say(r, "Saving merged model to %s/model.h5\n  Writing %zu datasets (%s, %s) with parallel HDF5...\n",
+            r->o->output, r->pl.ntensors, sz, dt);
+        if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
+        rc = write_hdf5(r, e);
+        if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
+    }
+    return rc;
+}
+
+/* ---- phase 6: the HuggingFace side files, then the rename ---- */
+
+/* The dtype config.json names with --dtype auto: that of the float weights. */
+static dt_type main_dtype(const plan *pl)
+{
+    for (size_t i = 0; i < pl->ntensors; i++)
+        if (dt_is_float(pl->tensors[i].src_dtype)) return pl->tensors[i].src_dtype;
+    return pl->ntensors ? pl->tensors[0].src_dtype : DT_F32;
+}
+
+/* config.json as written to the output (dtype and architectures set); a
+ * pure function of the broadcast config, so any process can make it. */
+static int config_text(run *r, char **text, size_t *len, fm_err *e)
+{
+    char arch[256] = "";
+    const char *head = r->pl.head[0] ? r->pl.head : NULL;
+    hf_infer_architecture(r->cfg.model_type, head, arch, sizeof arch);
+    const char *dtype = dt_torch_name(r->o->dtype == DT_INVALID ? main_dtype(&r->pl) : r->o->dtype);
+    return hf_config_rewrite(r->config, r->config_len, dtype, r->o->architecture, arch[0] ? arch : NULL, text, len, e);
+}
+
+static int write_side_files(run *r, fm_err *e)
+{
+    const char *dir = od_temp_path(&r->od);
+    int copied = 0;
+    if (r->config) {
+        char *text = NULL;
+        size_t len = 0;
+        FM_TRY(config_text(r, &text, &len, e));
+        char *path = fm_path_join(dir, "config.json");
+        int rc = path ? fm_write_file(path, text, len, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+        free(path);
+        free(text);
+        FM_TRY(rc);
+        bool in_actor = strcmp(r->layout.hf_dir, r->layout.actor_dir) == 0;
+        FM_TRY(in_actor ? hf_copy_assets_from_actor(r->layout.hf_dir, dir, &copied, e)
+                        : hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
+    }
+    if (r->pl.index_json && wants_safetensors(r)) {
+        char *path = fm_path_join(dir, "model.safetensors.index.json");
+        int rc = path ? fm_write_file(path, r->pl.index_json, strlen(r->pl.index_json), e)
+                      : fm_fail(e, FM_ENOMEM, "out of memory");
+        free(path);
+        FM_TRY(rc);
+    }
+    return 0;
+}
+
+/* extra_state_merged.pt + lr_scheduler_state.json, next to the weights */
+static int training_state(run *r, fm_err *e)
+{
+    es_result res;
+    say(r, "\nMerging extra_state files...\n");
+    FM_TRY(es_merge_all(&r->layout, r->tmpdir, r->writer, r->o->no_crc, r->comm, &res, e));
+    if (!res.present) {
+        say(r, "  no extra_state files: no training state to merge\n");
+        return 0;
+    }
+    if (res.warning[0]) say(r, "  warning: %s\n", res.warning);
+    say(r, "\xe2\x9c\x93 Saved extra_state to %s/extra_state_merged.pt%s%s%s\n", r->o->output,
+        res.device[0] ? " (" : "", res.device, res.device[0] ? " RNG states of every rank)" : "");
+    say(r, "\xe2\x9c\x93 Saved lr_scheduler state to %s/lr_scheduler_state.json\n", r->o->output);
+    return 0;
+}
+
+/* ---- phase 7 (--optimizer): the optimizer state, merged like the weights ---- */
+
+typedef struct optrun {
+    ptz_file **zips;
+    ti_index *ix;
+    int64_t nparams;
+    const char **names;
+    plan pl;
+    char *dir;
+} optrun;
+
+static int open_optim(run *r, optrun *op, fm_err *e)
+{
+    int W = r->layout.world_size;
+    op->zips = calloc((size_t)W, sizeof *op->zips);
+    op->ix = calloc((size_t)W, sizeof *op->ix);
+    if (op->zips == NULL || op->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    for (int k = r->me; k < W; k += r->nprocs) {
+        char *path = ck_rank_file(&r->layout, "optim", k);
+        int64_t np = 0;
+        if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, 1u << 20, &op->zips[k], e);
+        if (rc == 0) rc = op_index(op->zips[k], k, &op->ix[k], &np, e);
+        if (rc == 0 && k == 0) op->nparams = np;
+        for (size_t i = 0; rc == 0 && i < op->ix[k].n; i++)
+            if (op->ix[k].entries[i].kind == TI_PLAIN && r->ix[k].n && r->ix[k].entries[0].kind != TI_PLAIN)
+                rc = fm_fail(e, FM_EUNSUPPORTED, "optimizer state '%s' is a plain (flat) tensor while the weights are "
+                             "sharded: an FSDP1-style flat optimizer cannot be split per parameter", op->ix[k].entries[i].key);
+        if (rc == 0) rc = hash_pieces(r, &op->ix[k], op->zips[k], e);
+        if (rc) fm_context(e, "rank %d: %s", k, path);
+        free(path);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int plan_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
+{
+    MPI_Bcast(&op->nparams, 1, MPI_INT64_T, 0, r->comm);
+    FM_TRY(op_name_states(op->ix, r->layout.world_size, &r->ix[0], r->pl.dropped_key, op->nparams, &op->names, warning,
+                          wlen, e));
+    plan_opts po = {.world_size = r->layout.world_size, .nprocs = r->nprocs, .out_dtype = DT_INVALID,
+                    .max_shard_size = UINT64_MAX, .plain = r->o->plain, .file_stem = "optimizer", .no_metadata = true};
+    return plan_build(op->ix, &po, &op->pl, e);
+}
+
+static int optimizer_phase(run *r, fm_err *e)
+{
+    if (!r->o->optimizer) return 0;
+    int W = r->layout.world_size;
+    optrun op;
+    memset(&op, 0, sizeof op);
+    char warning[512] = "";
+    say(r, "\nMerging the optimizer state...\n");
+    open_optim(r, &op, e);
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = exchange(r, op.ix, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) plan_optim(r, &op, warning, sizeof warning, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    op.dir = rc == 0 ? fm_path_join(r->tmpdir, "optimizer") : NULL;
+    if (rc == 0 && r->me == r->writer) fm_mkdir_p(op.dir, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    xf_stats xs;
+    if (rc == 0) rc = run_engine(r, &op.pl, op.zips, op.dir, false, &xs, e);
+    fm_buf json = {0};
+    if (rc == 0 && r->me == 0) op_state_json(op.zips[0], op.names, op.nparams, &json, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = comm_write_at_writer_all(json.data, json.len, 0, r->writer, op.dir, "optimizer_state.json", r->comm, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) {
+        char sz[32];
+        if (warning[0]) say(r, "  warning: %s\n", warning);
+        say(r, "\xe2\x9c\x93 Saved %zu optimizer tensors (%s) to %s/optimizer/optimizer.safetensors and "
+            "optimizer_state.json\n", op.pl.ntensors, fm_format_bytes(op.pl.total_bytes, sz, sizeof sz), r->o->output);
+    }
+    fm_buf_free(&json);
+    for (int k = 0; k < W; k++) {
+        if (op.zips) ptz_close(op.zips[k]);
+        if (op.ix) ti_index_free(&op.ix[k]);
+    }
+    free(op.zips);
+    free(op.ix);
+    free(op.names);
+    free(op.dir);
+    plan_free(&op.pl);
+    return rc;
+}
+
+static int finalize(run *r, fm_err *e)
+{
+    if (r->me == r->writer) {
+        if (write_side_files(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
+    }
+    FM_TRY(comm_agree_all(e, r->comm));
+    if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
+                       r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
+    else say(r, "  warning: no config.json found next to the shards: the output holds the weights only\n");
+    say(r, "\xe2\x9c\x93 Model saved successfully\n");
+    return 0;
+}
+
+static void summary(run *r)
+{
+    double total = r->times.total;
+    char sz[32], files[64];
+    if (r->o->format == CLI_FORMAT_HDF5) snprintf(files, sizeof files, "model.h5");
+    else snprintf(files, sizeof files, "%zu file%s%s", r->pl.nfiles, r->pl.nfiles == 1 ? "" : "s",
+                  r->o->format == CLI_FORMAT_BOTH ? " and model.h5" : "");
+    say(r, "\n" RULE "\n\xe2\x9c\x85 Conversion complete: %zu tensors, %s in %s, %.2f s (%.1f MB/s)\n" RULE "\n",
+        r->pl.ntensors, fm_format_bytes(r->pl.total_bytes, sz, sizeof sz), files, total,
+        total > 0 ? (double)r->pl.total_bytes / total / 1e6 : 0.0);
+}
+
+static void cleanup(run *r)
+{
+    od_abort(&r->od); /* removes the temporary folder; after a commit it only frees */
+    int W = r->layout.world_size;
+    for (int k = 0; k < W && r->zips; k++) ptz_close(r->zips[k]);
+    for (int k = 0; k < W && r->ix; k++) ti_index_free(&r->ix[k]);
+    free(r->zips);
+    free(r->ix);
+    free(r->config);
+    free(r->tmpdir);
+    if (r->info != MPI_INFO_NULL) MPI_Info_free(&r->info);
+    plan_free(&r->pl);
+    ck_layout_free(&r->layout);
+}
+
+int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
+{
+    run r;
+    memset(&r, 0, sizeof r);
+    r.info = MPI_INFO_NULL; /* not necessarily a null pointer */
+    r.o = o;
+    r.comm = comm;
+    r.out = out;
+    r.writer = o->writer;
+    MPI_Comm_rank(comm, &r.me);
+    MPI_Comm_size(comm, &r.nprocs);
+    r.talk = r.me == 0 && !o->quiet;
+    double t0 = MPI_Wtime(), t;
+    int rc = discover(&r, e);
+    r.times.discover = MPI_Wtime() - t0;
+    if (rc == 0) {
+        banner(&r);
+        t = MPI_Wtime();
+        open_mine(&r, e);
+        rc = comm_agree_all(e, comm);
+        if (rc == 0) rc = exchange(&r, r.ix, e);
+        if (rc == 0) rc = comm_agree_all(e, comm);
+        r.times.index = MPI_Wtime() - t;
+    }
+    if (rc == 0) {
+        print_loaded(&r);
+        t = MPI_Wtime();
+        rc = read_config(&r, e);
+        if (rc == 0) rc = make_plan(&r, e);
+        r.times.plan = MPI_Wtime() - t;
+    }
+    if (rc == 0) {
+        t = MPI_Wtime();
+        rc = move_data(&r, e);
+        r.times.data = MPI_Wtime() - t;
+    }
+    if (rc == 0) {
+        t = MPI_Wtime();
+        rc = training_state(&r, e);
+        if (rc == 0) rc = optimizer_phase(&r, e);
+        if (rc == 0) rc = finalize(&r, e);
+        r.times.finalize = MPI_Wtime() - t;
+    }
+    r.times.total = MPI_Wtime() - t0;
+    if (rc == 0) {
+        summary(&r);
+        uint64_t read_total = 0;
+        MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
+        if (o->report && r.me == 0)
+            rp_write(o->report, o, o->format == CLI_FORMAT_HDF5 ? "hdf5" : r.direct ? "direct" : "gather",
+                     r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
+        rc = comm_agree_all(e, comm);
+    }
+    cleanup(&r);
+    return rc;
+}
