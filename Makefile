@@ -51,7 +51,7 @@ LIB_OBJS_ASAN := $(LIB_SRCS:src/%.c=build-asan/obj/%.o)
 UNIT_BINS      := $(UNIT_SRCS:mpi_tests/unit/%.c=build/tests/%)
 UNIT_BINS_ASAN := $(UNIT_SRCS:mpi_tests/unit/%.c=build-asan/tests/%)
 
-.PHONY: all test unit unit-asan integration example bench clean help install asan-bin check-layers
+.PHONY: all test unit unit-asan integration example bench clean help install uninstall deb asan-bin check-layers
 
 ## all: build bin/fsdpmerge and bin/fsdpsynth
 all: bin/fsdpmerge bin/fsdpsynth
@@ -106,11 +106,37 @@ example: all
 bench: all
 	$(Q)bash tools/bench.sh
 
-## install: install the binaries under $(PREFIX) (default /usr/local)
-PREFIX ?= /usr/local
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 bin/fsdpmerge bin/fsdpsynth launch/fsdpmerge-run $(DESTDIR)$(PREFIX)/bin/
+## install: install under $(DESTDIR)$(PREFIX) (default /usr/local): binaries, launchers, man page, docs, modulefile
+PREFIX  ?= /usr/local
+BINDIR  := $(PREFIX)/bin
+SHAREDIR := $(PREFIX)/share/fsdpmerge
+MANDIR  := $(PREFIX)/share/man/man1
+DOCDIR  := $(PREFIX)/share/doc/fsdpmerge
+DOCS    := README.md $(wildcard docs/*.md docs/*.png)
+
+# The manual is printed by the program from the option table that prints --help.
+build/fsdpmerge.1: bin/fsdpmerge
+	@mkdir -p $(@D)
+	$(Q)bin/fsdpmerge --man > $@
+
+install: all build/fsdpmerge.1
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 bin/fsdpmerge bin/fsdpsynth launch/fsdpmerge-run $(DESTDIR)$(BINDIR)/
+	install -m 0644 launch/fsdpmerge.sbatch $(DESTDIR)$(SHAREDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' launch/fsdpmerge.modulefile.in > $(DESTDIR)$(SHAREDIR)/modulefile
+	install -m 0644 build/fsdpmerge.1 $(DESTDIR)$(MANDIR)/
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+
+## uninstall: remove what install put under $(DESTDIR)$(PREFIX)
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,fsdpmerge fsdpsynth fsdpmerge-run)
+	rm -f $(DESTDIR)$(SHAREDIR)/fsdpmerge.sbatch $(DESTDIR)$(SHAREDIR)/modulefile $(DESTDIR)$(MANDIR)/fsdpmerge.1
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
+	-rmdir $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(DOCDIR) 2>/dev/null
+
+## deb: a Debian package built from the tree with dpkg-buildpackage (build/deb/fsdpmerge_*.deb)
+deb:
+	$(Q)sh tools/build_deb.sh
 
 ## clean: remove build outputs
 clean:

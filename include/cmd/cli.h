@@ -18,7 +18,7 @@
 #include "plan/plan.h"
 #include "base/progress.h"
 
-typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION } cli_command;
+typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION, CLI_MAN } cli_command;
 typedef enum cli_mode { CLI_MODE_AUTO = 0, CLI_MODE_GATHER, CLI_MODE_DIRECT } cli_mode;
 /* which weight files: model*.safetensors, model.h5 (parallel HDF5), or both */
 typedef enum cli_format { CLI_FORMAT_SAFETENSORS = 0, CLI_FORMAT_HDF5, CLI_FORMAT_BOTH } cli_format;
@@ -62,5 +62,7 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e);
 void cli_free(cli_opts *o);
 /*! cli_usage() : the --help text. */
 void cli_usage(FILE *out);
+/*! cli_man() : the same text as a roff manual page (fsdpmerge.1). */
+void cli_man(FILE *out);
 
 #endif

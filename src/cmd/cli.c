@@ -11,7 +11,7 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT
+    OPT_FORMAT, OPT_MAN
 };
 
 typedef struct opt_spec {
@@ -75,7 +75,23 @@ static const opt_spec SPECS[] = {
     {"values", 0, required_argument, OPT_VALUES, "N", "inspect: print the first N values of each tensor (-1 = all)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
+    {"man", 0, no_argument, OPT_MAN, NULL, "print this help as a manual page (roff), as installed in fsdpmerge.1"},
 };
+
+/* The synopsis, description and exit codes, shared by --help and --man so
+ * that the installed manual can never disagree with the program. */
+static const char *const USAGE[] = {
+    "mpirun -np W fsdpmerge --checkpoint_path CKPT --output_path OUT [options]",
+    "mpirun -np W fsdpmerge CKPT [--output OUT] [--actor-dir actor] [--dtype bfloat16]",
+    "fsdpmerge CKPT                      (one process; output CKPT_merged)",
+    "fsdpmerge inspect FILE.pt [--json] [--values N]",
+};
+static const char SUMMARY[] = "merge a sharded FSDP checkpoint into one HuggingFace model, with MPI";
+static const char DESCRIPTION[] =
+    "Run one process per original rank (-np W, the world size of the checkpoint) or fewer: "
+    "process p then reads ranks p, p+P, ...";
+static const char EXIT_CODES[] = "0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree, "
+                                 "7 output exists, 8 out of memory, 9 MPI, 10 internal";
 
 /* Prints text from column `indent`, wrapping at `width` on spaces. */
 static void print_wrapped(FILE *out, const char *text, int indent, int width)
@@ -100,30 +116,72 @@ static void print_wrapped(FILE *out, const char *text, int indent, int width)
     fputc('\n', out);
 }
 
+/* "-q, --quiet" or "--dtype TYPE": the left column of --help. */
+static void spec_left(const opt_spec *s, char *buf, size_t len)
+{
+    char sh[8] = "";
+    if (s->short_name) snprintf(sh, sizeof sh, "-%c, ", s->short_name);
+    snprintf(buf, len, "%s--%s%s%s", sh, s->name, s->arg ? " " : "", s->arg ? s->arg : "");
+}
+
 void cli_usage(FILE *out)
 {
-    fprintf(out,
-            "fsdpmerge %s - merge a sharded FSDP checkpoint into one HuggingFace model, with MPI\n\n"
-            "usage:\n"
-            "  mpirun -np W fsdpmerge --checkpoint_path CKPT --output_path OUT [options]\n"
-            "  mpirun -np W fsdpmerge CKPT [--output OUT] [--actor-dir actor] [--dtype bfloat16]\n"
-            "  fsdpmerge CKPT                      (one process; output CKPT_merged)\n"
-            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n\n"
-            "Run one process per original rank (-np W, the world size of the checkpoint) or fewer:\n"
-            "process p then reads ranks p, p+P, ...\n\noptions:\n",
-            FM_VERSION);
+    fprintf(out, "fsdpmerge %s - %s\n\nusage:\n", FM_VERSION, SUMMARY);
+    for (size_t i = 0; i < FM_ARRAY_LEN(USAGE); i++) fprintf(out, "  %s\n", USAGE[i]);
+    fputc('\n', out);
+    print_wrapped(out, DESCRIPTION, 0, 92);
+    fprintf(out, "\noptions:\n");
     for (size_t i = 0; i < FM_ARRAY_LEN(SPECS); i++) {
         const opt_spec *s = &SPECS[i];
         if (s->help == NULL) continue;
         char left[64];
-        char sh[8] = "";
-        if (s->short_name) snprintf(sh, sizeof sh, "-%c, ", s->short_name);
-        snprintf(left, sizeof left, "%s--%s%s%s", sh, s->name, s->arg ? " " : "", s->arg ? s->arg : "");
+        spec_left(s, left, sizeof left);
         fprintf(out, "  %-30s ", left);
         print_wrapped(out, s->help, 33, 100);
     }
-    fprintf(out, "\nexit codes: 0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree,\n"
-                 "7 output exists, 8 out of memory, 9 MPI, 10 internal\n");
+    fprintf(out, "\nexit codes: ");
+    print_wrapped(out, EXIT_CODES, 12, 100);
+}
+
+/* Text for roff: a backslash is \e, a hyphen \- (so that man pages can be
+ * searched and copied), and a line may not start with a control character. */
+static void roff_text(FILE *out, const char *s)
+{
+    if (*s == '.' || *s == '\'') fputs("\\&", out);
+    for (; *s; s++) {
+        if (*s == '\\') fputs("\\e", out);
+        else if (*s == '-') fputs("\\-", out);
+        else fputc(*s, out);
+    }
+}
+
+void cli_man(FILE *out)
+{
+    fprintf(out, ".TH FSDPMERGE 1 \"\" \"fsdpmerge %s\" \"User Commands\"\n.SH NAME\nfsdpmerge \\- ", FM_VERSION);
+    roff_text(out, SUMMARY);
+    fprintf(out, "\n.SH SYNOPSIS\n.nf\n");
+    for (size_t i = 0; i < FM_ARRAY_LEN(USAGE); i++) {
+        roff_text(out, USAGE[i]);
+        fputc('\n', out);
+    }
+    fprintf(out, ".fi\n.SH DESCRIPTION\n");
+    roff_text(out, DESCRIPTION);
+    fprintf(out, "\n.SH OPTIONS\n");
+    for (size_t i = 0; i < FM_ARRAY_LEN(SPECS); i++) {
+        const opt_spec *s = &SPECS[i];
+        if (s->help == NULL) continue;
+        char left[64];
+        spec_left(s, left, sizeof left);
+        fprintf(out, ".TP\n.B ");
+        roff_text(out, left);
+        fputc('\n', out);
+        roff_text(out, s->help);
+        fputc('\n', out);
+    }
+    fprintf(out, ".SH EXIT STATUS\n");
+    roff_text(out, EXIT_CODES);
+    fprintf(out, "\n.SH SEE ALSO\n.BR fsdpmerge\\-run (1),\n.BR mpirun (1),\n"
+                 "/usr/share/doc/fsdpmerge/ (design, formats, cluster use, benchmarks)\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, const char *what, int *out, fm_err *e)
@@ -206,6 +264,7 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_NODIO: o->no_direct_io = true; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
+    case OPT_MAN: o->command = CLI_MAN; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);
     }
 }

@@ -21,6 +21,9 @@ int main(int argc, char **argv)
         case CLI_HELP:
             if (me == 0) cli_usage(stdout);
             break;
+        case CLI_MAN:
+            if (me == 0) cli_man(stdout);
+            break;
         case CLI_VERSION:
             if (me == 0) printf("fsdpmerge %s\n", FM_VERSION);
             break;
