@@ -3,7 +3,8 @@
  * Each torch release pickles DeviceMesh.__dict__ (or __getstate__) with other
  * fields (docs/formats.md has the table and a fixture per row):
  *   2.4 - 2.8   mesh (int tensor of ranks; its shape is the mesh shape),
- *               mesh_dim_names, device_type, _coordinate_on_dim
+ *               _flatten_mesh_list (the same ranks as a tuple), mesh_dim_names,
+ *               device_type, _dim_group_infos, _coordinate_on_dim (a list)
  *   2.9 - 2.11  _layout = _MeshLayout{shape, stride} (CuTe: modes may nest),
  *               _rank_map (flat int tensor of the root mesh), _flatten_rank_map,
  *               _rank, _coordinate_on_dim, _mesh_dim_names, _device_type
@@ -38,7 +39,8 @@ typedef enum tm_field {
     TM_F_RANK_MAP = 1u << 3,    /* `_rank_map`: flat int tensor (>= 2.9) */
     TM_F_FLAT_RANK_MAP = 1u << 4, /* `_flatten_rank_map`: tuple of ints (>= 2.11) */
     TM_F_COORD = 1u << 5,       /* `_coordinate_on_dim` */
-    TM_F_RANK = 1u << 6         /* `_rank`: the writer's global rank */
+    TM_F_RANK = 1u << 6,        /* `_rank`: the writer's global rank */
+    TM_F_MESH_LIST = 1u << 7    /* `_flatten_mesh_list`: the mesh's ranks, row-major (<= 2.8) */
 } tm_field;
 
 /* One layout mode: sub-sizes and sub-strides, outermost first (a flat mode
@@ -65,6 +67,8 @@ typedef struct tm_raw {
     int coord_ndim;               /* TM_F_COORD */
     int64_t coord[TM_MAX_DIMS];
     int64_t rank;                 /* TM_F_RANK */
+    int64_t *mesh_list;           /* TM_F_MESH_LIST */
+    size_t mesh_list_n;
 } tm_raw;
 
 /* The resolved mesh. */

@@ -13,7 +13,7 @@ _Static_assert(TM_MAX_DIMS == TI_MAX_MESH, "a mesh dimension limit for both modu
 /* ---- gathering the fields ---- */
 
 static const char *const field_names[] = {"mesh", "_layout.shape/stride", "_layout.axes", "_rank_map",
-                                          "_flatten_rank_map", "_coordinate_on_dim", "_rank"};
+                                          "_flatten_rank_map", "_coordinate_on_dim", "_rank", "_flatten_mesh_list"};
 
 const char *tm_field_names(unsigned fields, char *buf, size_t len)
 {
@@ -127,19 +127,17 @@ static int gather_tensor(const pkl_value *t, ptz_file *zip, const char *what, in
     return rc ? fm_context(e, "device mesh %s", what) : 0;
 }
 
-static int gather_flat_map(const pkl_value *v, tm_raw *raw, fm_err *e)
+/* A tuple of ranks (_flatten_rank_map, _flatten_mesh_list). */
+static int gather_rank_tuple(const pkl_value *v, const char *what, int64_t **out, size_t *count, fm_err *e)
 {
     size_t n;
     pkl_value *const *a = pkl_items(v, &n);
-    if (a == NULL || n == 0 || n > TM_MAX_RANKS)
-        return fm_fail(e, FM_EFORMAT, "device mesh _flatten_rank_map is not a tuple of ranks");
-    raw->flat_rank_map = malloc(sizeof(int64_t) * n);
-    if (raw->flat_rank_map == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    if (a == NULL || n == 0 || n > TM_MAX_RANKS) return fm_fail(e, FM_EFORMAT, "device mesh %s is not a tuple of ranks", what);
+    *out = malloc(sizeof(int64_t) * n);
+    if (*out == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++)
-        if (!pkl_get_int(a[i], &raw->flat_rank_map[i]))
-            return fm_fail(e, FM_EFORMAT, "device mesh _flatten_rank_map is not a tuple of ranks");
-    raw->flat_rank_map_n = n;
-    raw->fields |= TM_F_FLAT_RANK_MAP;
+        if (!pkl_get_int(a[i], &(*out)[i])) return fm_fail(e, FM_EFORMAT, "device mesh %s is not a tuple of ranks", what);
+    *count = n;
     return 0;
 }
 
@@ -157,7 +155,14 @@ static int gather_fields(const pkl_value *mesh, ptz_file *zip, tm_raw *raw, fm_e
         FM_TRY(gather_tensor(v, zip, "_rank_map", &raw->rank_map, &raw->rank_map_n, NULL, NULL, e));
         raw->fields |= TM_F_RANK_MAP;
     }
-    if (!is_none(v = pkl_attr(mesh, "_flatten_rank_map"))) FM_TRY(gather_flat_map(v, raw, e));
+    if (!is_none(v = pkl_attr(mesh, "_flatten_rank_map"))) {
+        FM_TRY(gather_rank_tuple(v, "_flatten_rank_map", &raw->flat_rank_map, &raw->flat_rank_map_n, e));
+        raw->fields |= TM_F_FLAT_RANK_MAP;
+    }
+    if (!is_none(v = pkl_attr(mesh, "_flatten_mesh_list"))) {
+        FM_TRY(gather_rank_tuple(v, "_flatten_mesh_list", &raw->mesh_list, &raw->mesh_list_n, e));
+        raw->fields |= TM_F_MESH_LIST;
+    }
     if (!is_none(v = pkl_attr(mesh, "_coordinate_on_dim"))) {
         raw->coord_ndim = pkl_get_int_seq(v, raw->coord, TM_MAX_DIMS);
         if (raw->coord_ndim < 0) return fm_fail(e, FM_EFORMAT, "device mesh _coordinate_on_dim is not a tuple of ints");
@@ -185,7 +190,8 @@ void tm_raw_free(tm_raw *raw)
     free(raw->mesh_ranks);
     free(raw->rank_map);
     free(raw->flat_rank_map);
-    raw->mesh_ranks = raw->rank_map = raw->flat_rank_map = NULL;
+    free(raw->mesh_list);
+    raw->mesh_ranks = raw->rank_map = raw->flat_rank_map = raw->mesh_list = NULL;
 }
 
 /* ---- resolving ---- */
@@ -324,6 +330,15 @@ static int coord_from_maps(const tm_raw *raw, int64_t rank, coord_acc *c, fm_err
         unflatten(at, m->ndim, m->shape, coord);
         FM_TRY(offer(c, "the mesh tensor", coord, e));
     }
+    if (raw->fields & TM_F_MESH_LIST) {
+        if ((int64_t)raw->mesh_list_n != product(m->ndim, m->shape))
+            return fm_fail(e, FM_EFORMAT, "device mesh _flatten_mesh_list holds %zu ranks for a mesh of %" PRId64,
+                           raw->mesh_list_n, product(m->ndim, m->shape));
+        int64_t at = find_rank(raw->mesh_list, raw->mesh_list_n, rank);
+        if (at < 0) return fm_fail(e, FM_EFORMAT, "rank %" PRId64 " is not in the device mesh _flatten_mesh_list", rank);
+        unflatten(at, m->ndim, m->shape, coord);
+        FM_TRY(offer(c, "_flatten_mesh_list", coord, e));
+    }
     size_t n = 0;
     int rc;
     const int64_t *map = rank_map(raw, &n, e, &rc);
@@ -358,7 +373,7 @@ int tm_resolve(const tm_raw *raw, int rank, int world, int nplacements, tm_mesh 
         FM_TRY(offer(&c, "_coordinate_on_dim", raw->coord, e));
     }
     if (r >= 0) FM_TRY(coord_from_maps(raw, r, &c, e));
-    if (!c.have && r >= 0 && strcmp(out->shape_from, "world size") == 0) {
+    if (r >= 0 && strcmp(out->shape_from, "world size") == 0) {
         int64_t one = r;
         FM_TRY(offer(&c, "the file's rank", &one, e));
     }

@@ -381,6 +381,28 @@ static int add_piece(ti_entry *en, ti_piece **out, fm_err *e)
     return 0;
 }
 
+/* torch >= 2.9 pickles shard_order: per tensor dim, the mesh dims that shard
+ * it in the order they were applied. Only the default (ascending mesh dims,
+ * as placements are applied left to right) is read; another order lays the
+ * blocks out differently and is refused. */
+static int check_shard_order(const pkl_value *order, fm_err *e)
+{
+    size_t n;
+    pkl_value *const *entries = pkl_items(order, &n);
+    for (size_t i = 0; entries && i < n; i++) {
+        size_t na;
+        pkl_value *const *a = pkl_args(entries[i], &na);
+        int64_t dims[TI_MAX_MESH];
+        int nd = a && na == 2 ? pkl_get_int_seq(a[1], dims, TI_MAX_MESH) : -1;
+        if (nd < 0) return fm_fail(e, FM_EFORMAT, "DTensor shard_order entry is not a (tensor_dim, mesh_dims) pair");
+        for (int k = 1; k < nd; k++)
+            if (dims[k] <= dims[k - 1])
+                return fm_fail(e, FM_EUNSUPPORTED,
+                               "DTensor shard_order applies mesh dims out of order (not the default order); not supported");
+    }
+    return 0;
+}
+
 static int parse_dtensor(const pkl_value *state, ti_ctx *c, ti_entry *en, fm_err *e)
 {
     const pkl_value *local = state_get(state, "_local_tensor");
@@ -390,6 +412,7 @@ static int parse_dtensor(const pkl_value *state, ti_ctx *c, ti_entry *en, fm_err
     int npl = 0;
     FM_TRY(parse_placements(pkl_attr(spec, "placements"), pl, &npl, en->placements, sizeof en->placements, e));
     FM_TRY(parse_mesh(pkl_attr(spec, "mesh"), c, npl, en, e));
+    FM_TRY(check_shard_order(pkl_attr(spec, "shard_order"), e));
     /* tensor_meta (global shape/dtype) must agree with the wrapper */
     size_t tn;
     pkl_value *const *tm = pkl_args(pkl_attr(spec, "tensor_meta"), &tn);
