@@ -37,37 +37,23 @@ def raw_bytes(t):
     return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
 
 
-def check_hashes(got, want):
-    bad = 0
-    for k in sorted(set(got) ^ set(want)):
-        print(("extra in merge: " if k in got else "missing from merge: ") + k)
-        bad += 1
-    for k in sorted(set(got) & set(want)):
-        if hashlib.sha256(got[k][1]).hexdigest() != want[k]:
-            print(f"{k}: bytes differ (sha256)")
-            bad += 1
-    print(f"{len(want)} tensors, {bad} problems")
-    sys.exit(1 if bad else 0)
-
-
-def main():
-    merged, ref_path, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
-    suffixes = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else None
+def compare(merged, ref_path, dtype, suffixes=None):
+    """Problems (a list of lines) and a summary of one merged file against one reference."""
     got = read_st(merged)
     if ref_path.endswith(".json"):
         want = json.load(open(ref_path))["sha256"]
         if suffixes:
             want = {k: v for k, v in want.items() if k.endswith(suffixes)}
             got = {k: v for k, v in got.items() if k.endswith(suffixes)}
-        check_hashes(got, want)
+        probs = [("extra in merge: " if k in got else "missing from merge: ") + k for k in sorted(set(got) ^ set(want))]
+        probs += [f"{k}: bytes differ (sha256)" for k in sorted(set(got) & set(want))
+                  if hashlib.sha256(got[k][1]).hexdigest() != want[k]]
+        return probs, f"{len(want)} tensors by sha256, {len(probs)} problems"
     ref = torch.load(ref_path)
     if suffixes:
         ref = {k: v for k, v in ref.items() if k.endswith(suffixes)}
         got = {k: v for k, v in got.items() if k.endswith(suffixes)}
-    bad = 0
-    for k in sorted(set(got) ^ set(ref)):
-        print(("extra in merge: " if k in got else "missing from merge: ") + k)
-        bad += 1
+    probs = [("extra in merge: " if k in got else "missing from merge: ") + k for k in sorted(set(got) ^ set(ref))]
     values = 0
     for name, t in ref.items():
         if name not in got:
@@ -76,14 +62,21 @@ def main():
             t = t.to(getattr(torch, dtype))
         meta, raw = got[name]
         if meta["dtype"] != ST_DTYPES.get(t.dtype) or meta["shape"] != list(t.shape):
-            print(f"{name}: merged {meta['dtype']} {meta['shape']}, expected {ST_DTYPES.get(t.dtype)} {list(t.shape)}")
-            bad += 1
+            probs.append(f"{name}: merged {meta['dtype']} {meta['shape']}, expected {ST_DTYPES.get(t.dtype)} {list(t.shape)}")
         elif raw != raw_bytes(t):
-            print(f"{name}: bytes differ")
-            bad += 1
+            probs.append(f"{name}: bytes differ")
         values += t.numel()
-    print(f"{len(ref)} tensors, {values} values, {bad} problems")
-    sys.exit(1 if bad else 0)
+    return probs, f"{len(ref)} tensors, {values} values, {len(probs)} problems"
+
+
+def main():
+    merged, ref_path, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
+    suffixes = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else None
+    probs, summary = compare(merged, ref_path, dtype, suffixes)
+    for p in probs:
+        print(p)
+    print(summary)
+    sys.exit(1 if probs else 0)
 
 
 if __name__ == "__main__":
