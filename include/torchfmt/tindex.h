@@ -82,6 +82,11 @@ int ti_build(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_e
 
 /*! ti_load() : opens nothing itself: reads data.pkl of zip, ti_build()s it. */
 int ti_load(ptz_file *zip, int rank, ti_index *out, fm_err *e);
+/*! ti_build_ws() / ti_load_ws() : the same, knowing the checkpoint's world
+ *  size (a 1-D DeviceMesh that pickles no shape is then read as the whole
+ *  world; -1 = unknown). */
+int ti_build_ws(const pkl_value *root, ptz_file *zip, int rank, int world, ti_index *out, fm_err *e);
+int ti_load_ws(ptz_file *zip, int rank, int world, ti_index *out, fm_err *e);
 
 void ti_index_free(ti_index *ix);
 
@@ -93,6 +98,12 @@ bool ti_is_tensor(const pkl_value *v);
  *  (-1 = unknown). Free with ti_entry_free(). */
 int ti_parse(const pkl_value *v, ptz_file *zip, int rank, ti_entry *en, fm_err *e);
 void ti_entry_free(ti_entry *en);
+
+/*! ti_read_ints() : the elements (row-major) of a small int32/int64 tensor
+ *  of at most max elements (a device mesh's rank map), malloc'd into *vals;
+ *  its shape into shape[TI_MAX_DIMS] and *ndim. */
+int ti_read_ints(const pkl_value *obj, ptz_file *zip, size_t max, int64_t **vals, size_t *n, int64_t *shape, int *ndim,
+                 fm_err *e);
 
 /*! ti_view_numel() / ti_view_contiguous() : element count; row-major dense. */
 uint64_t ti_view_numel(const ti_view *v);

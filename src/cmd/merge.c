@@ -278,7 +278,7 @@ static int open_mine(run *r, fm_err *e)
         char *path = ck_rank_file(&r->layout, "model", k);
         if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
         int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, rbuf, &r->zips[k], e);
-        if (rc == 0) rc = ti_load(r->zips[k], k, &r->ix[k], e);
+        if (rc == 0) rc = ti_load_ws(r->zips[k], k, W, &r->ix[k], e);
         if (rc == 0) rc = hash_pieces(r, &r->ix[k], r->zips[k], e);
         if (rc) fm_context(e, "rank %d: %s", k, path);
         free(path);

@@ -6,7 +6,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "torchfmt/mesh.h"
+
 #define TI_MAX_PKL (1u << 30) /* data.pkl larger than 1 GiB is not a state dict we expect */
+
+/* What parsing one file's values needs besides the value. */
+typedef struct ti_ctx {
+    ptz_file *zip;
+    int rank, world;             /* the file's rank and the world size, -1 = unknown */
+    const pkl_value *mesh_obj;   /* the DeviceMesh `mesh` was resolved from */
+    int mesh_npl;
+    tm_mesh mesh;
+} ti_ctx;
 
 /* ---- small helpers over the pickle tree ---- */
 
@@ -254,47 +265,26 @@ static int parse_placements(const pkl_value *tuple, placement *pl, int *n, char 
     return 0;
 }
 
-/* Product of each top-level mode of a (possibly nested) CuTe-style shape. */
-static bool layout_sizes(const pkl_value *shape, int64_t *out, int *n)
+int ti_read_ints(const pkl_value *obj, ptz_file *zip, size_t max, int64_t **vals, size_t *n, int64_t *shape, int *ndim,
+                 fm_err *e)
 {
-    size_t k;
-    pkl_value *const *items = pkl_items(shape, &k);
-    int64_t single;
-    if (items == NULL) {
-        if (!pkl_get_int(shape, &single)) return false;
-        out[0] = single;
-        *n = 1;
-        return true;
-    }
-    if (k > TI_MAX_MESH) return false;
-    for (size_t i = 0; i < k; i++) {
-        int64_t sub[TI_MAX_MESH];
-        int m;
-        if (!layout_sizes(items[i], sub, &m)) return false;
-        out[i] = 1;
-        for (int j = 0; j < m; j++) out[i] *= sub[j];
-    }
-    *n = (int)k;
-    return true;
-}
-
-/* Reads a small int32/int64 tensor's values (a device mesh rank map). */
-static int read_int_tensor(const pkl_value *obj, ptz_file *zip, int64_t *vals, size_t max, ti_view *v, fm_err *e)
-{
-    FM_TRY(parse_plain(obj, zip, v, 0, e));
-    uint64_t numel = ti_view_numel(v);
-    if ((v->dtype != DT_I32 && v->dtype != DT_I64) || numel > max)
-        return fm_fail(e, FM_EFORMAT, "device mesh rank map is not a small integer tensor");
-    ptz_rec *r;
-    FM_TRY(ptz_rec_open(zip, v->storage, &r, e));
-    size_t es = dt_size(v->dtype);
-    int rc = 0;
-    for (uint64_t i = 0; i < numel && rc == 0; i++) {
-        int64_t idx[TI_MAX_DIMS], rem = (int64_t)i, pos = v->offset;
-        for (int d = v->ndim - 1; d >= 0; d--) {
-            idx[d] = rem % v->shape[d];
-            rem /= v->shape[d];
-            pos += idx[d] * v->stride[d];
+    ti_view v = {0};
+    *vals = NULL;
+    *n = 0;
+    int rc = parse_plain(obj, zip, &v, 0, e);
+    uint64_t numel = rc == 0 ? ti_view_numel(&v) : 0;
+    if (rc == 0 && ((v.dtype != DT_I32 && v.dtype != DT_I64) || numel > max))
+        rc = fm_fail(e, FM_EFORMAT, "not a small integer tensor");
+    int64_t *out = rc == 0 ? malloc(sizeof(int64_t) * (numel ? numel : 1)) : NULL;
+    if (rc == 0 && out == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory");
+    ptz_rec *r = NULL;
+    if (rc == 0) rc = ptz_rec_open(zip, v.storage, &r, e);
+    size_t es = dt_size(v.dtype);
+    for (uint64_t i = 0; rc == 0 && i < numel; i++) {
+        int64_t rem = (int64_t)i, pos = v.offset;
+        for (int d = v.ndim - 1; d >= 0; d--) {
+            pos += (rem % v.shape[d]) * v.stride[d];
+            rem /= v.shape[d];
         }
         const uint8_t *p;
         rc = ptz_rec_get(r, (uint64_t)pos * es, es, &p, e);
@@ -302,69 +292,39 @@ static int read_int_tensor(const pkl_value *obj, ptz_file *zip, int64_t *vals, s
         if (es == 4) {
             int32_t x;
             memcpy(&x, p, 4);
-            vals[i] = ptz_big_endian(zip) ? (int32_t)__builtin_bswap32((uint32_t)x) : x;
+            out[i] = ptz_big_endian(zip) ? (int32_t)__builtin_bswap32((uint32_t)x) : x;
         } else {
             int64_t x;
             memcpy(&x, p, 8);
-            vals[i] = ptz_big_endian(zip) ? (int64_t)__builtin_bswap64((uint64_t)x) : x;
+            out[i] = ptz_big_endian(zip) ? (int64_t)__builtin_bswap64((uint64_t)x) : x;
         }
     }
-    ptz_rec_close(r);
-    return rc;
+    if (r) ptz_rec_close(r);
+    free(v.storage);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    *vals = out;
+    *n = (size_t)numel;
+    *ndim = v.ndim;
+    memcpy(shape, v.shape, sizeof(int64_t) * (size_t)v.ndim);
+    return 0;
 }
 
-/* Mesh sizes and this rank's coordinate. The coordinate is pickled as
- * _coordinate_on_dim; when it is not, the rank is looked up in the rank map
- * (DeviceMesh.mesh before torch 2.9, _rank_map + _layout after). */
-static int parse_mesh(const pkl_value *mesh, ptz_file *zip, int rank, ti_entry *en, fm_err *e)
+/* Mesh sizes and this rank's coordinate (torchfmt/mesh). A state dict's
+ * DTensors share one pickled DeviceMesh: the last one read is reused. */
+static int parse_mesh(const pkl_value *mesh, ti_ctx *c, int npl, ti_entry *en, fm_err *e)
 {
-    if (!pkl_obj_is(mesh, "torch.distributed.*", "DeviceMesh"))
-        return fm_fail(e, FM_EFORMAT, "DTensor spec without a DeviceMesh");
-    int64_t sizes[TI_MAX_MESH];
-    int nd = 0;
-    const pkl_value *layout = pkl_attr(mesh, "_layout");
-    const pkl_value *mesh_tensor = pkl_attr(mesh, "mesh");
-    ti_view mv = {0};
-    if (layout && layout_sizes(pkl_attr(layout, "shape"), sizes, &nd)) {
-        /* schema B */
-    } else if (mesh_tensor && is_tensor_call(mesh_tensor)) {
-        int rc = parse_plain(mesh_tensor, zip, &mv, 0, e);
-        free(mv.storage);
-        FM_TRY(rc);
-        nd = mv.ndim;
-        if (nd < 1 || nd > TI_MAX_MESH) return fm_fail(e, FM_EFORMAT, "device mesh has %d dimensions", nd);
-        memcpy(sizes, mv.shape, sizeof(int64_t) * (size_t)nd);
-    } else {
-        return fm_fail(e, FM_EUNSUPPORTED, "device mesh layout not recognised (no _layout or mesh attribute)");
+    if (mesh == NULL || mesh != c->mesh_obj || npl != c->mesh_npl) {
+        c->mesh_obj = NULL;
+        FM_TRY(tm_read(mesh, c->zip, c->rank, c->world, npl, &c->mesh, e));
+        c->mesh_obj = mesh;
+        c->mesh_npl = npl;
     }
-    en->mesh_ndim = nd;
-    memcpy(en->mesh_shape, sizes, sizeof(int64_t) * (size_t)nd);
-    int nc = pkl_get_int_seq(pkl_attr(mesh, "_coordinate_on_dim"), en->coord, TI_MAX_MESH);
-    if (nc == nd) return 0;
-    if (nc >= 0) return fm_fail(e, FM_EFORMAT, "mesh coordinate has %d entries for a %d-D mesh", nc, nd);
-    /* no pickled coordinate: find the rank in the rank map */
-    int64_t total = 1;
-    for (int i = 0; i < nd; i++) total *= sizes[i];
-    if (total <= 0 || total > 1 << 20) return fm_fail(e, FM_EFORMAT, "device mesh of %" PRId64 " ranks", total);
-    int64_t *map = malloc(sizeof(int64_t) * (size_t)total);
-    if (map == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    const pkl_value *src = mesh_tensor && is_tensor_call(mesh_tensor) ? mesh_tensor : pkl_attr(mesh, "_rank_map");
-    ti_view rv = {0};
-    int rc = src ? read_int_tensor(src, zip, map, (size_t)total, &rv, e)
-                 : fm_fail(e, FM_EFORMAT, "device mesh has neither a coordinate nor a rank map");
-    free(rv.storage);
-    if (rc == 0 && ti_view_numel(&rv) != (uint64_t)total)
-        rc = fm_fail(e, FM_EFORMAT, "device mesh rank map has the wrong size");
-    int64_t flat = -1;
-    for (int64_t i = 0; rc == 0 && i < total; i++)
-        if (map[i] == rank) flat = i;
-    free(map);
-    FM_TRY(rc);
-    if (flat < 0) return fm_fail(e, FM_EFORMAT, "rank %d is not in the device mesh", rank);
-    for (int i = nd - 1; i >= 0; i--) {
-        en->coord[i] = flat % sizes[i];
-        flat /= sizes[i];
-    }
+    en->mesh_ndim = c->mesh.ndim;
+    memcpy(en->mesh_shape, c->mesh.shape, sizeof(int64_t) * (size_t)c->mesh.ndim);
+    memcpy(en->coord, c->mesh.coord, sizeof(int64_t) * (size_t)c->mesh.ndim);
     return 0;
 }
 
@@ -421,7 +381,29 @@ static int add_piece(ti_entry *en, ti_piece **out, fm_err *e)
     return 0;
 }
 
-static int parse_dtensor(const pkl_value *state, ptz_file *zip, int rank, ti_entry *en, fm_err *e)
+/* torch >= 2.9 pickles shard_order: per tensor dim, the mesh dims that shard
+ * it in the order they were applied. Only the default (ascending mesh dims,
+ * as placements are applied left to right) is read; another order lays the
+ * blocks out differently and is refused. */
+static int check_shard_order(const pkl_value *order, fm_err *e)
+{
+    size_t n;
+    pkl_value *const *entries = pkl_items(order, &n);
+    for (size_t i = 0; entries && i < n; i++) {
+        size_t na;
+        pkl_value *const *a = pkl_args(entries[i], &na);
+        int64_t dims[TI_MAX_MESH];
+        int nd = a && na == 2 ? pkl_get_int_seq(a[1], dims, TI_MAX_MESH) : -1;
+        if (nd < 0) return fm_fail(e, FM_EFORMAT, "DTensor shard_order entry is not a (tensor_dim, mesh_dims) pair");
+        for (int k = 1; k < nd; k++)
+            if (dims[k] <= dims[k - 1])
+                return fm_fail(e, FM_EUNSUPPORTED,
+                               "DTensor shard_order applies mesh dims out of order (not the default order); not supported");
+    }
+    return 0;
+}
+
+static int parse_dtensor(const pkl_value *state, ti_ctx *c, ti_entry *en, fm_err *e)
 {
     const pkl_value *local = state_get(state, "_local_tensor");
     const pkl_value *spec = state_get(state, "_spec");
@@ -429,7 +411,8 @@ static int parse_dtensor(const pkl_value *state, ptz_file *zip, int rank, ti_ent
     placement pl[TI_MAX_MESH];
     int npl = 0;
     FM_TRY(parse_placements(pkl_attr(spec, "placements"), pl, &npl, en->placements, sizeof en->placements, e));
-    FM_TRY(parse_mesh(pkl_attr(spec, "mesh"), zip, rank, en, e));
+    FM_TRY(parse_mesh(pkl_attr(spec, "mesh"), c, npl, en, e));
+    FM_TRY(check_shard_order(pkl_attr(spec, "shard_order"), e));
     /* tensor_meta (global shape/dtype) must agree with the wrapper */
     size_t tn;
     pkl_value *const *tm = pkl_args(pkl_attr(spec, "tensor_meta"), &tn);
@@ -442,7 +425,7 @@ static int parse_dtensor(const pkl_value *state, ptz_file *zip, int rank, ti_ent
     }
     ti_piece *p;
     FM_TRY(add_piece(en, &p, e));
-    FM_TRY(parse_plain(local, zip, &p->view, 0, e));
+    FM_TRY(parse_plain(local, c->zip, &p->view, 0, e));
     if (p->view.dtype != en->dtype)
         return fm_fail(e, FM_EFORMAT, "local tensor dtype %s differs from the DTensor dtype %s",
                        dt_torch_name(p->view.dtype), dt_torch_name(en->dtype));
@@ -491,7 +474,7 @@ static int parse_sharded(const pkl_value *state, ptz_file *zip, ti_entry *en, fm
 
 /* ---- one state-dict value ---- */
 
-static int parse_value(const pkl_value *v, ptz_file *zip, int rank, ti_entry *en, fm_err *e)
+static int parse_value(const pkl_value *v, ti_ctx *c, ti_entry *en, fm_err *e)
 {
     size_t n;
     pkl_value *const *a = call_args(v, "torch._tensor", "_rebuild_from_type_v2", &n);
@@ -499,7 +482,7 @@ static int parse_value(const pkl_value *v, ptz_file *zip, int rank, ti_entry *en
         en->kind = TI_PLAIN;
         ti_piece *p;
         FM_TRY(add_piece(en, &p, e));
-        FM_TRY(parse_plain(v, zip, &p->view, 0, e));
+        FM_TRY(parse_plain(v, c->zip, &p->view, 0, e));
         en->dtype = p->view.dtype;
         en->ndim = p->view.ndim;
         memcpy(en->gshape, p->view.shape, sizeof en->gshape);
@@ -511,12 +494,12 @@ static int parse_value(const pkl_value *v, ptz_file *zip, int rank, ti_entry *en
     if (pkl_is_global(type, "torch.distributed.*", "DTensor")) {
         en->kind = TI_DTENSOR;
         FM_TRY(parse_wrapper_args(func, args, en, e));
-        return parse_dtensor(state, zip, rank, en, e);
+        return parse_dtensor(state, c, en, e);
     }
     if (pkl_is_global(type, "torch.distributed.*", "ShardedTensor")) {
         en->kind = TI_SHARDED;
         FM_TRY(parse_wrapper_args(func, args, en, e));
-        return parse_sharded(state, zip, en, e);
+        return parse_sharded(state, c->zip, en, e);
     }
     if (pkl_is_global(type, "torch._tensor", "Tensor") || pkl_is_global(type, "torch", "Tensor") ||
         pkl_is_global(type, "torch.nn.parameter", "Parameter")) {
@@ -525,7 +508,7 @@ static int parse_value(const pkl_value *v, ptz_file *zip, int rank, ti_entry *en
         fake.u.obj.kind = PKL_REDUCE;
         fake.u.obj.callable = (pkl_value *)func;
         fake.u.obj.args = (pkl_value *)args;
-        return parse_value(&fake, zip, rank, en, e);
+        return parse_value(&fake, c, en, e);
     }
     return fm_fail(e, FM_EUNSUPPORTED, "tensor subclass %s is not supported", class_name(type, cls, sizeof cls));
 }
@@ -534,7 +517,8 @@ bool ti_is_tensor(const pkl_value *v) { return is_tensor_call(v); }
 
 int ti_parse(const pkl_value *v, ptz_file *zip, int rank, ti_entry *en, fm_err *e)
 {
-    return parse_value(v, zip, rank, en, e);
+    ti_ctx c = {.zip = zip, .rank = rank, .world = -1};
+    return parse_value(v, &c, en, e);
 }
 
 void ti_entry_free(ti_entry *en)
@@ -568,21 +552,27 @@ static const pkl_value *find_state_dict(const pkl_value *root)
     return d;
 }
 
-static int build_entries(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e);
+static int build_entries(const pkl_value *root, ti_ctx *c, ti_index *out, fm_err *e);
 
-int ti_build(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e)
+int ti_build_ws(const pkl_value *root, ptz_file *zip, int rank, int world, ti_index *out, fm_err *e)
 {
-    int rc = build_entries(root, zip, rank, out, e);
+    ti_ctx c = {.zip = zip, .rank = rank, .world = world};
+    int rc = build_entries(root, &c, out, e);
     if (rc) ti_index_free(out); /* nothing half-built survives an error */
     return rc;
 }
 
-static int build_entries(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e)
+int ti_build(const pkl_value *root, ptz_file *zip, int rank, ti_index *out, fm_err *e)
+{
+    return ti_build_ws(root, zip, rank, -1, out, e);
+}
+
+static int build_entries(const pkl_value *root, ti_ctx *c, ti_index *out, fm_err *e)
 {
     memset(out, 0, sizeof *out);
-    out->rank = rank;
-    out->path = fm_strdup(ptz_path(zip));
-    out->big_endian = ptz_big_endian(zip);
+    out->rank = c->rank;
+    out->path = fm_strdup(ptz_path(c->zip));
+    out->big_endian = ptz_big_endian(c->zip);
     const pkl_value *sd = find_state_dict(root);
     if (out->path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     if (sd == NULL) return fm_fail(e, FM_EFORMAT, "data.pkl does not hold a state dict (a dict of tensors)");
@@ -599,13 +589,15 @@ static int build_entries(const pkl_value *root, ptz_file *zip, int rank, ti_inde
         ti_entry *en = &out->entries[out->n++];
         en->key = fm_strdup(key);
         if (en->key == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-        int rc = parse_value(v, zip, rank, en, e);
+        int rc = parse_value(v, c, en, e);
         if (rc) return fm_context(e, "key '%s'", key);
     }
     return 0;
 }
 
-int ti_load(ptz_file *zip, int rank, ti_index *out, fm_err *e)
+int ti_load(ptz_file *zip, int rank, ti_index *out, fm_err *e) { return ti_load_ws(zip, rank, -1, out, e); }
+
+int ti_load_ws(ptz_file *zip, int rank, int world, ti_index *out, fm_err *e)
 {
     uint8_t *pkl = NULL;
     size_t len = 0;
@@ -619,7 +611,7 @@ int ti_load(ptz_file *zip, int rank, ti_index *out, fm_err *e)
         pkl_doc_free(doc);
         return fm_context(e, "data.pkl");
     }
-    rc = ti_build(root, zip, rank, out, e);
+    rc = ti_build_ws(root, zip, rank, world, out, e);
     pkl_doc_free(doc);
     return rc;
 }
