@@ -6,7 +6,9 @@
  * sharded like any parameter, possibly on other ranks: every process reads
  * its own pieces of A and B and one MPI_Alltoallv per factor moves the
  * needed parts. Memory per process: r x (rows + columns) floats per piece it
- * reads, never a whole weight. Runs once, before the data phase.
+ * reads, never a whole weight; all fused weights are prepared at once,
+ * before the data phase (so the whole adapter's A, r x in per module, is
+ * held by every process that reads rows of those modules).
  */
 #ifndef FM_LORAX_H
 #define FM_LORAX_H
@@ -18,7 +20,8 @@
 #include "torchfmt/ptz.h"
 
 /*! lx_prepare_all() : COLLECTIVE. Fills fuse->local of every fused tensor
- *  of pl for the pieces this process reads (zips as for the engines). */
-int lx_prepare_all(const plan *pl, ptz_file *const *zips, MPI_Comm comm, fm_err *e);
+ *  of pl for the pieces this process reads (zips as for the engines).
+ *  *max_held (may be NULL): the most factor bytes any process holds. */
+int lx_prepare_all(const plan *pl, ptz_file *const *zips, MPI_Comm comm, uint64_t *max_held, fm_err *e);
 
 #endif

@@ -364,7 +364,13 @@ static int make_plan(run *r, fm_err *e)
     };
     plan_build(r->ix, &po, &r->pl, e);
     FM_TRY(comm_agree_all(e, r->comm));
-    if (lrun_fused(&r->lora)) FM_TRY(lx_prepare_all(&r->pl, r->zips, r->comm, e));
+    if (lrun_fused(&r->lora)) {
+        uint64_t held = 0;
+        char sz[32];
+        FM_TRY(lx_prepare_all(&r->pl, r->zips, r->comm, &held, e));
+        say(r, "\xe2\x9c\x93 LoRA fused into %zu weights (factors held per process: at most %s)\n", r->pl.nfuses,
+            fm_format_bytes(held, sz, sizeof sz));
+    }
     say(r, "Merging shards into full state dict...\n");
     say(r, "\xe2\x9c\x93 Merged %zu parameters:\n  - %zu replicated parameters\n  - %zu sharded parameters\n",
         r->pl.ntensors, r->pl.n_replicated, r->pl.n_sharded);

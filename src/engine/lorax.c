@@ -134,7 +134,7 @@ static void free_factor(float **d, size_t n)
     free(d);
 }
 
-static int alloc_local(const plan_tensor *w, int me, fm_err *e)
+static int alloc_local(const plan_tensor *w, int me, uint64_t *held, fm_err *e)
 {
     plan_fuse *f = w->fuse;
     f->local = calloc(w->npieces ? w->npieces : 1, sizeof *f->local);
@@ -147,15 +147,16 @@ static int alloc_local(const plan_tensor *w, int me, fm_err *e)
         *fc = (plan_factors){malloc(sizeof(float) * (size_t)(a.ny * a.nx)), malloc(sizeof(float) * (size_t)(b.ny * b.nx)),
                              a.x0, a.nx, b.y0, b.ny};
         if (fc->a == NULL || fc->b == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        *held += sizeof(float) * (uint64_t)(a.ny * a.nx + b.ny * b.nx);
     }
     return 0;
 }
 
-static int prepare_one(xch *x, const plan *pl, const plan_tensor *w, ptz_file *const *zips, fm_err *e)
+static int prepare_one(xch *x, const plan *pl, const plan_tensor *w, ptz_file *const *zips, uint64_t *held, fm_err *e)
 {
     const plan_tensor *A = &pl->lora_src[w->fuse->a], *B = &pl->lora_src[w->fuse->b];
     float **ad = NULL, **bd = NULL;
-    if (e->code == 0 && alloc_local(w, x->me, e) == 0 && load_factor(A, zips, x->me, &ad, e) == 0)
+    if (e->code == 0 && alloc_local(w, x->me, held, e) == 0 && load_factor(A, zips, x->me, &ad, e) == 0)
         load_factor(B, zips, x->me, &bd, e);
     int rc = comm_agree_all(e, x->comm);
     if (rc == 0) rc = exchange_factor(x, w, 0, A, ad, e);
@@ -165,8 +166,9 @@ static int prepare_one(xch *x, const plan *pl, const plan_tensor *w, ptz_file *c
     return comm_agree_all(e, x->comm);
 }
 
-int lx_prepare_all(const plan *pl, ptz_file *const *zips, MPI_Comm comm, fm_err *e)
+int lx_prepare_all(const plan *pl, ptz_file *const *zips, MPI_Comm comm, uint64_t *max_held, fm_err *e)
 {
+    uint64_t held = 0;
     xch x = {.comm = comm};
     MPI_Comm_rank(comm, &x.me);
     MPI_Comm_size(comm, &x.nprocs);
@@ -176,7 +178,8 @@ int lx_prepare_all(const plan *pl, ptz_file *const *zips, MPI_Comm comm, fm_err 
     if (!x.scount || !x.sdispl || !x.rcount || !x.rdispl) fm_fail(e, FM_ENOMEM, "out of memory");
     int rc = comm_agree_all(e, comm);
     for (size_t i = 0; i < pl->ntensors && rc == 0; i++)
-        if (pl->tensors[i].fuse) rc = prepare_one(&x, pl, &pl->tensors[i], zips, e);
+        if (pl->tensors[i].fuse) rc = prepare_one(&x, pl, &pl->tensors[i], zips, &held, e);
+    if (max_held) MPI_Allreduce(&held, max_held, 1, MPI_UINT64_T, MPI_MAX, comm);
     free(x.scount);
     free(x.sdispl);
     free(x.rcount);

@@ -443,7 +443,7 @@ int lr_link(plan *pl, const lr_spec *spec, fm_err *e)
  * bit for bit that way, a plain sum is not); fmaf is correctly rounded, so
  * the FMA clone and the libm fallback give the same bits. */
 #define DELTA_SPAN 256
-__attribute__((target_clones("fma", "default")))
+__attribute__((target_clones("fma", "default"), optimize("O3")))
 static void delta_span(const plan_fuse *f, const plan_factors *fc, int64_t i, int64_t j, uint64_t n, float *w)
 {
     float acc[DELTA_SPAN] = {0};
