@@ -240,8 +240,10 @@ static bool needs_crc(const run *r, const ti_index *ix, const ti_entry *en)
     if (en->kind == TI_PLAIN) return W > 1 && r->o->plain != PLAN_PLAIN_REPLICATED;
     if (has_replicate(en)) return true;
     const ti_entry *head = find_entry(ix, "lm_head.weight");
+    if (head == NULL) head = find_entry(ix, "base_model.model.lm_head.weight"); /* PEFT (LoRA) names */
     if (head == NULL) return false;
     const ti_entry *emb = find_entry(ix, "model.embed_tokens.weight");
+    if (emb == NULL) emb = find_entry(ix, "base_model.model.model.embed_tokens.weight");
     bool shared = emb && head->npieces == emb->npieces && head->npieces > 0 &&
                   strcmp(head->pieces[0].view.storage, emb->pieces[0].view.storage) == 0;
     if (shared) return false;
