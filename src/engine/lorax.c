@@ -60,41 +60,47 @@ static int exchange_factor(xch *x, const plan_tensor *w, int factor, const plan_
 {
     memset(x->scount, 0, sizeof(int) * (size_t)x->nprocs);
     memset(x->rcount, 0, sizeof(int) * (size_t)x->nprocs);
-    uint64_t sbytes = 0, rbytes = 0;
+    uint64_t bytes[2] = {0, 0}, most[2];
     rect in;
-    for (size_t k = 0; k < w->npieces; k++)
-        for (size_t j = 0; j < s->npieces; j++) {
-            if (!intersect(need_rect(w, k, factor), piece_rect(&s->pieces[j]), &in)) continue;
-            uint64_t n = (uint64_t)(in.ny * in.nx) * sizeof(float);
-            if (s->pieces[j].proc == x->me) x->scount[w->pieces[k].proc] += (int)n, sbytes += n;
-            if (w->pieces[k].proc == x->me) x->rcount[s->pieces[j].proc] += (int)n, rbytes += n;
-        }
-    if (sbytes > INT_MAX || rbytes > INT_MAX)
-        return fm_fail(e, FM_EUNSUPPORTED, "LoRA factors of '%s' over 2 GiB per process", w->key);
+    for (int pass = 0; pass < 2; pass++) { /* totals first, so that the int counts cannot overflow */
+        for (size_t k = 0; k < w->npieces; k++)
+            for (size_t j = 0; j < s->npieces; j++) {
+                if (!intersect(need_rect(w, k, factor), piece_rect(&s->pieces[j]), &in)) continue;
+                uint64_t n = (uint64_t)(in.ny * in.nx) * sizeof(float);
+                if (pass == 0) {
+                    bytes[0] += s->pieces[j].proc == x->me ? n : 0;
+                    bytes[1] += w->pieces[k].proc == x->me ? n : 0;
+                } else {
+                    if (s->pieces[j].proc == x->me) x->scount[w->pieces[k].proc] += (int)n;
+                    if (w->pieces[k].proc == x->me) x->rcount[s->pieces[j].proc] += (int)n;
+                }
+            }
+        if (pass > 0) break;
+        MPI_Allreduce(bytes, most, 2, MPI_UINT64_T, MPI_MAX, x->comm); /* every process takes the same branch */
+        if (most[0] > INT_MAX || most[1] > INT_MAX)
+            return fm_fail(e, FM_EUNSUPPORTED, "LoRA factors of '%s' over 2 GiB per process", w->key);
+    }
     for (int q = 0, so = 0, ro = 0; q < x->nprocs; q++) {
         x->sdispl[q] = so, so += x->scount[q];
         x->rdispl[q] = ro, ro += x->rcount[q];
     }
-    float *sbuf = malloc(sbytes ? sbytes : 1), *rbuf = malloc(rbytes ? rbytes : 1);
-    if (sbuf == NULL || rbuf == NULL) {
-        free(sbuf);
-        free(rbuf);
-        return fm_fail(e, FM_ENOMEM, "out of memory");
-    }
+    float *sbuf = malloc(bytes[0] ? bytes[0] : 1), *rbuf = malloc(bytes[1] ? bytes[1] : 1);
     int *cur = calloc((size_t)x->nprocs, sizeof(int));
-    for (int q = 0; cur && q < x->nprocs; q++) cur[q] = x->sdispl[q];
-    for (size_t k = 0; cur && k < w->npieces; k++)
+    if (sbuf == NULL || rbuf == NULL || cur == NULL) fm_fail(e, FM_ENOMEM, "out of memory");
+    for (int q = 0; e->code == 0 && q < x->nprocs; q++) cur[q] = x->sdispl[q];
+    for (size_t k = 0; e->code == 0 && k < w->npieces; k++)
         for (size_t j = 0; j < s->npieces; j++) {
             if (s->pieces[j].proc != x->me || !intersect(need_rect(w, k, factor), piece_rect(&s->pieces[j]), &in)) continue;
             int q = w->pieces[k].proc;
-            copy_rect(in, piece_rect(&s->pieces[j]), sdata[j], (rect){in.y0, in.ny, in.x0, in.nx},
-                      (float *)((char *)sbuf + cur[q]));
+            copy_rect(in, piece_rect(&s->pieces[j]), sdata[j], in, (float *)((char *)sbuf + cur[q]));
             cur[q] += (int)((uint64_t)(in.ny * in.nx) * sizeof(float));
         }
-    int mrc = cur ? MPI_Alltoallv(sbuf, x->scount, x->sdispl, MPI_BYTE, rbuf, x->rcount, x->rdispl, MPI_BYTE, x->comm)
-                  : MPI_SUCCESS;
-    for (int q = 0; cur && q < x->nprocs; q++) cur[q] = x->rdispl[q];
-    for (size_t k = 0; cur && mrc == MPI_SUCCESS && k < w->npieces; k++)
+    int rc = comm_agree_all(e, x->comm);
+    int mrc = rc ? MPI_SUCCESS
+                 : MPI_Alltoallv(sbuf, x->scount, x->sdispl, MPI_BYTE, rbuf, x->rcount, x->rdispl, MPI_BYTE, x->comm);
+    if (rc == 0 && mrc != MPI_SUCCESS) rc = comm_mpi_error(e, mrc, "MPI_Alltoallv (LoRA factors)");
+    for (int q = 0; rc == 0 && q < x->nprocs; q++) cur[q] = x->rdispl[q];
+    for (size_t k = 0; rc == 0 && k < w->npieces; k++)
         for (size_t j = 0; j < s->npieces; j++) {
             if (w->pieces[k].proc != x->me) continue;
             rect need = need_rect(w, k, factor);
@@ -106,10 +112,8 @@ static int exchange_factor(xch *x, const plan_tensor *w, int factor, const plan_
         }
     free(sbuf);
     free(rbuf);
-    int oom = cur == NULL;
     free(cur);
-    if (oom) return fm_fail(e, FM_ENOMEM, "out of memory");
-    return mrc == MPI_SUCCESS ? 0 : comm_mpi_error(e, mrc, "MPI_Alltoallv (LoRA factors)");
+    return rc;
 }
 
 /* This process's pieces of S, whole, in fp32 (S is small: r x in or out x r). */

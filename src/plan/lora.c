@@ -76,16 +76,13 @@ int lr_output_name(const lr_spec *spec, const char *key, char **name, bool *is_s
     if (clean == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     kparts k = key_parts(clean, spec->adapter);
     bool lora = k.kind == K_A || k.kind == K_B;
-    if (spec->emit == LR_EMIT_ADAPTER) {
-        if (lora) *name = adapter_name(clean, &k);
-    } else if (lora && spec->emit == LR_EMIT_FUSED) {
-        *is_src = true;
-        *name = fm_strdup(clean);
-    } else if (!lora && k.kind != K_OTHER) {
-        *name = model_name(clean);
-    }
-    bool wanted = (spec->emit == LR_EMIT_ADAPTER && lora) || (spec->emit == LR_EMIT_FUSED && lora) ||
-                  (!lora && k.kind != K_OTHER && spec->emit != LR_EMIT_ADAPTER);
+    bool wanted = spec->emit == LR_EMIT_ADAPTER ? lora
+                  : lora ? spec->emit == LR_EMIT_FUSED
+                         : k.kind != K_OTHER;
+    if (wanted && spec->emit == LR_EMIT_ADAPTER) *name = adapter_name(clean, &k);
+    else if (wanted && lora) *name = fm_strdup(clean); /* a fusion source, not written */
+    else if (wanted) *name = model_name(clean);
+    *is_src = wanted && lora && spec->emit == LR_EMIT_FUSED;
     free(clean);
     if (wanted && *name == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     return 0;
