@@ -16,6 +16,7 @@
 #include "base/dtype.h"
 #include "base/err.h"
 #include "plan/plan.h"
+#include "plan/lora.h"
 #include "base/progress.h"
 
 typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION, CLI_MAN } cli_command;
@@ -54,6 +55,12 @@ typedef struct cli_opts {
     const char *inspect_file;
     bool json;
     long values;              /* tensor values to print (inspect), default 0 */
+    /* LoRA (plan/lora.h) */
+    lr_mode lora;             /* LR_MODE_AUTO: fused when LoRA keys are present */
+    const char *lora_name;    /* adapter, default "default" */
+    double lora_alpha;
+    bool have_lora_alpha;
+    int lora_rank;            /* 0 = from the config */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

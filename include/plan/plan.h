@@ -41,6 +41,7 @@ typedef struct plan_opts {
     size_t header_align;        /* 0, or pad headers so data starts at a multiple */
     const char *file_stem;      /* "model" (NULL) -> model.safetensors, model-00001-of-... */
     bool no_metadata;           /* omit __metadata__ {"format": "pt"} from the headers */
+    const struct lr_spec *lora; /* a PEFT LoRA checkpoint (plan/lora.h), NULL otherwise */
 } plan_opts;
 
 typedef struct plan_piece {
@@ -55,6 +56,23 @@ typedef struct plan_piece {
     bool src_contig;             /* each run is contiguous in the storage */
 } plan_piece;
 
+/* A fused LoRA weight (plan/lora.h): W' = W + scaling * (B @ A). */
+typedef struct plan_factors {   /* the part of A and B one piece of W needs */
+    float *a;                   /* A[:, a0 : a0 + na], r x na, row-major */
+    float *b;                   /* B[b0 : b0 + nb, :], nb x r, row-major */
+    int64_t a0, na, b0, nb;
+} plan_factors;
+
+typedef struct plan_fuse {
+    size_t a, b;                /* lora_A and lora_B in pl->lora_src */
+    int r;
+    float scaling;
+    bool fan_in_fan_out;        /* W is [in, out]: the delta is (B @ A)^T */
+    plan_factors *local;        /* per piece of W (nlocal): filled on the process that reads the
+                                 * piece by lx_prepare_all() (engine/lorax), after the plan is built */
+    size_t nlocal;
+} plan_fuse;
+
 typedef struct plan_tensor {
     char *name;                  /* output name (wrapper prefixes removed) */
     char *key;                   /* state-dict key */
@@ -68,6 +86,7 @@ typedef struct plan_tensor {
     plan_piece *pieces;          /* sources, sorted by `first` */
     size_t npieces;
     bool sharded;                /* the ranks held different blocks */
+    plan_fuse *fuse;             /* a LoRA-fused weight, NULL otherwise */
 } plan_tensor;
 
 typedef struct plan_file {
@@ -92,6 +111,10 @@ typedef struct plan {
     char *index_json;            /* model.safetensors.index.json text, NULL for one file */
     char head[16];               /* "lm_head", "score" or "" (for the architecture) */
     char *dropped_key;           /* state-dict key of the dropped tied tensor, or NULL */
+    plan_tensor *lora_src;       /* LoRA A/B tensors read for fusion, not written */
+    size_t nlora_src;
+    plan_fuse *fuses;
+    size_t nfuses;
 } plan;
 
 /*! plan_build() : ix[r] is rank r's index (r = 0..W-1). Errors name the key

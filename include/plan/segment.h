@@ -10,7 +10,9 @@
  *   - sg_stream: one process's own segments of a file in increasing file
  *     offset, cut to fit a buffer - what the direct engine uses.
  * sg_sources reads a segment's source elements (ranged, CRC-checked reads of
- * the storage records) and converts them to the output dtype.
+ * the storage records) and converts them to the output dtype; for a
+ * LoRA-fused weight (plan_tensor.fuse) it adds the low-rank product in fp32
+ * first (plan/lora.h), so a fused tensor is rounded once.
  */
 #ifndef FM_SEGMENT_H
 #define FM_SEGMENT_H
@@ -74,6 +76,8 @@ typedef struct sg_sources {
     size_t *piece_base; /* first flat piece id of each tensor */
     size_t *slot_of;    /* flat piece id -> slot, SIZE_MAX when not ours */
     uint64_t bytes_read;
+    float *scratch;     /* a LoRA-fused segment in fp32 */
+    size_t scratch_cap;
 } sg_sources;
 
 int sg_sources_init(sg_sources *s, const plan *pl, ptz_file *const *zips, int me, fm_err *e);
@@ -83,5 +87,8 @@ void sg_sources_free(sg_sources *s);
  *  no other piece of this process uses its record, the record's CRC-32 is
  *  checked. Errors name the rank and the file. */
 int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_err *e);
+/*! sg_read_piece_f32() : the whole block of piece p of t (a small tensor: the
+ *  LoRA factors), row-major in the block's shape, as fp32; CRC-checked. */
+int sg_read_piece_f32(ptz_file *z, const plan_tensor *t, const plan_piece *p, float *dst, fm_err *e);
 
 #endif

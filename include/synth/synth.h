@@ -78,6 +78,17 @@ typedef struct syn_opts {
     uint64_t expected_max_shard; /* split expected output like the merger (default 5GB) */
     syn_fault fault;
     size_t buffer_size;        /* streaming buffer bytes (default 8 MiB) */
+    /* a PEFT LoRA model (lora_r > 0): PEFT key names, lora_A/lora_B per
+     * target module and adapter; the expected output is the base model with
+     * the first adapter fused (W + scaling * B @ A, fp32 FMA chain, one
+     * rounding), clean names */
+    int lora_r;
+    double lora_alpha;
+    const char *lora_targets;  /* comma list of module leaf names (default q_proj,v_proj) */
+    const char *lora_adapters; /* comma list (default "default"); the first is the fused one */
+    const char *lora_config;   /* adapter (default: adapter_config.json), meta (lora_train_meta.json), none */
+    const char *lora_rank_pattern, *lora_alpha_pattern; /* "KEY=V,..." (PEFT patterns, suffix match) */
+    bool lora_rslora, lora_fan_in_fan_out, lora_dora;
 } syn_opts;
 
 /* Value classes: weights ~U[-0.05, 0.05), norm weights ~1 + U[-0.01, 0.01). */
@@ -91,6 +102,9 @@ typedef struct syn_tensor {
     syn_kind kind;
     int tied_to;               /* index of the tensor whose storage it shares, or -1 */
     uint64_t stream;           /* per-tensor generator key */
+    char out_name[SYN_NAME_MAX]; /* name in the expected output, "" = not written there (LoRA factors) */
+    int lora_a, lora_b;        /* a fused weight: its factors (first adapter), else -1 */
+    float lora_scaling;
 } syn_tensor;
 
 typedef struct syn_ctx syn_ctx;

@@ -40,3 +40,6 @@ run "a CRC mismatch on rank 2 (error path)" 4 4 "$SCRATCH/ck"
 rm "$SCRATCH/ck/actor/model_world_size_4_rank_3.pt"
 run "a missing rank file (error path)" 3 4 "$SCRATCH/ck"
 run "inconsistent plan: --writer-rank out of range" 2 2 "$FIX/fsdp1_ws2_nomesh/global_step_1" --writer-rank 7
+run "LoRA fused + adapter, --optimizer, -np 3" 0 3 "$FIX/fsdp2_ws4_lora/global_step_1" --lora both --optimizer --mode gather
+run "LoRA --format both, -np 2" 0 2 "$FIX/fsdp2_ws4_lora/global_step_1" --format both --lora adapter
+run "LoRA: no adapter of that name (error path)" 2 4 "$FIX/fsdp2_ws4_lora/global_step_1" --lora-name nope

@@ -3,6 +3,7 @@
 
 #include <getopt.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "base/util.h"
@@ -11,7 +12,7 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT, OPT_MAN
+    OPT_FORMAT, OPT_MAN, OPT_LORA, OPT_LORA_NAME, OPT_LORA_ALPHA, OPT_LORA_RANK
 };
 
 typedef struct opt_spec {
@@ -73,6 +74,13 @@ static const opt_spec SPECS[] = {
     {"quiet", 'q', no_argument, OPT_QUIET, NULL, "print errors only"},
     {"json", 0, no_argument, OPT_JSON, NULL, "inspect: print JSON"},
     {"values", 0, required_argument, OPT_VALUES, "N", "inspect: print the first N values of each tensor (-1 = all)"},
+    {"lora", 0, required_argument, OPT_LORA, "MODE",
+     "a PEFT LoRA checkpoint: fused (default: the adapter fused into the base weights, W + alpha/r * B @ A in "
+     "fp32, rounded once), adapter (the base model plus lora_adapter/ as PEFT's save_pretrained) or both"},
+    {"lora-name", 0, required_argument, OPT_LORA_NAME, "NAME", "the LoRA adapter to merge (default: default)"},
+    {"lora-alpha", 0, required_argument, OPT_LORA_ALPHA, "X",
+     "LoRA alpha, when neither actor/lora_adapter/adapter_config.json nor lora_train_meta.json gives it (overrides them)"},
+    {"lora-rank", 0, required_argument, OPT_LORA_RANK, "N", "LoRA rank r (default: from the config or lora_A's rows)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
     {"man", 0, no_argument, OPT_MAN, NULL, "print this help as a manual page (roff), as installed in fsdpmerge.1"},
@@ -262,6 +270,22 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_OPTIMIZER: o->optimizer = true; return 0;
     case OPT_NODIO: o->no_direct_io = true; return 0;
+    case OPT_LORA: {
+        static const char *const lm[] = {"auto", "fused", "adapter", "both"};
+        FM_TRY(pick(arg, lm + 1, 3, "--lora mode", &v, e));
+        o->lora = (lr_mode)(v + 1);
+        return 0;
+    }
+    case OPT_LORA_NAME: o->lora_name = arg; return 0;
+    case OPT_LORA_ALPHA: {
+        char *end;
+        o->lora_alpha = strtod(arg, &end);
+        if (*arg == '\0' || *end != '\0' || !isfinite(o->lora_alpha))
+            return fm_fail(e, FM_EUSAGE, "--lora-alpha must be a number, got '%s'", arg);
+        o->have_lora_alpha = true;
+        return 0;
+    }
+    case OPT_LORA_RANK: return parse_int(arg, 1, 1000000, "--lora-rank", &o->lora_rank, e);
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     case OPT_MAN: o->command = CLI_MAN; return 0;
@@ -276,6 +300,7 @@ static void defaults(cli_opts *o)
     o->dtype = DT_BF16;
     o->max_shard_size = 5000000000ull;
     o->buffer_size = 64ull << 20;
+    o->lora_name = "default";
 }
 
 static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)

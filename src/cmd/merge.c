@@ -21,6 +21,8 @@
 #include "torchfmt/tindex.h"
 #include "base/util.h"
 #include "engine/xfer.h"
+#include "cmd/lorarun.h"
+#include "engine/lorax.h"
 
 #define RULE "======================================================================"
 
@@ -45,6 +47,7 @@ typedef struct run {
     pg_bar bar;
     rp_times times;
     xf_stats xs;
+    lrun lora;              /* a PEFT LoRA checkpoint (cmd/lorarun.h) */
 } run;
 
 static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -237,8 +240,10 @@ static bool needs_crc(const run *r, const ti_index *ix, const ti_entry *en)
     if (en->kind == TI_PLAIN) return W > 1 && r->o->plain != PLAN_PLAIN_REPLICATED;
     if (has_replicate(en)) return true;
     const ti_entry *head = find_entry(ix, "lm_head.weight");
+    if (head == NULL) head = find_entry(ix, "base_model.model.lm_head.weight"); /* PEFT (LoRA) names */
     if (head == NULL) return false;
     const ti_entry *emb = find_entry(ix, "model.embed_tokens.weight");
+    if (emb == NULL) emb = find_entry(ix, "base_model.model.model.embed_tokens.weight");
     bool shared = emb && head->npieces == emb->npieces && head->npieces > 0 &&
                   strcmp(head->pieces[0].view.storage, emb->pieces[0].view.storage) == 0;
     if (shared) return false;
@@ -357,9 +362,17 @@ static int make_plan(run *r, fm_err *e)
         .max_shard_size = r->o->max_shard_size,
         .tie_word_embeddings = r->config ? r->cfg.tie_word_embeddings : false,
         .plain = r->o->plain,
+        .lora = r->lora.active ? &r->lora.model : NULL,
     };
     plan_build(r->ix, &po, &r->pl, e);
     FM_TRY(comm_agree_all(e, r->comm));
+    if (lrun_fused(&r->lora)) {
+        uint64_t held = 0;
+        char sz[32];
+        FM_TRY(lx_prepare_all(&r->pl, r->zips, r->comm, &held, e));
+        say(r, "\xe2\x9c\x93 LoRA fused into %zu weights (factors held per process: at most %s)\n", r->pl.nfuses,
+            fm_format_bytes(held, sz, sizeof sz));
+    }
     say(r, "Merging shards into full state dict...\n");
     say(r, "\xe2\x9c\x93 Merged %zu parameters:\n  - %zu replicated parameters\n  - %zu sharded parameters\n",
         r->pl.ntensors, r->pl.n_replicated, r->pl.n_sharded);
@@ -491,6 +504,38 @@ static int write_side_files(run *r, fm_err *e)
         FM_TRY(rc);
     }
     return 0;
+}
+
+/* lora_adapter/: adapter_model.safetensors (the chosen adapter's A and B,
+ * named and laid out as PEFT's save_pretrained) and adapter_config.json. */
+static int adapter_phase(run *r, fm_err *e)
+{
+    if (!lrun_adapter(&r->lora)) return 0;
+    plan apl;
+    plan_opts po = {.world_size = r->layout.world_size, .nprocs = r->nprocs, .out_dtype = r->o->dtype,
+                    .max_shard_size = UINT64_MAX, .plain = r->o->plain, .file_stem = "adapter_model",
+                    .lora = &r->lora.adapter};
+    char *dir = NULL, *cfg = NULL;
+    size_t cfg_len = 0;
+    xf_stats xs;
+    plan_build(r->ix, &po, &apl, e);
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) lr_adapter_config(&r->lora.hp, &r->lora.found, &cfg, &cfg_len, e);
+    if (rc == 0 && (dir = fm_path_join(r->tmpdir, "lora_adapter")) == NULL) fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0 && r->me == r->writer && dir) fm_mkdir_p(dir, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = run_engine(r, &apl, r->zips, dir, false, &xs, e);
+    if (rc == 0) rc = comm_write_at_writer_all(cfg, cfg_len, r->writer, r->writer, dir, "adapter_config.json", r->comm, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) {
+        char sz[32];
+        say(r, "\xe2\x9c\x93 Saved the LoRA adapter '%s' (%zu tensors, %s) to %s/lora_adapter/\n", r->o->lora_name,
+            apl.ntensors, fm_format_bytes(apl.total_bytes, sz, sizeof sz), r->o->output);
+    }
+    plan_free(&apl);
+    free(dir);
+    free(cfg);
+    return rc;
 }
 
 /* extra_state_merged.pt + lr_scheduler_state.json, next to the weights */
@@ -636,6 +681,7 @@ static void cleanup(run *r)
     free(r->tmpdir);
     if (r->info != MPI_INFO_NULL) MPI_Info_free(&r->info);
     plan_free(&r->pl);
+    lrun_free(&r->lora);
     ck_layout_free(&r->layout);
 }
 
@@ -667,12 +713,15 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         print_loaded(&r);
         t = MPI_Wtime();
         rc = read_config(&r, e);
+        if (rc == 0) lrun_setup(&r.lora, o, &r.layout, &r.ix[0], comm, r.talk ? out : NULL, e);
+        if (rc == 0) rc = comm_agree_all(e, comm);
         if (rc == 0) rc = make_plan(&r, e);
         r.times.plan = MPI_Wtime() - t;
     }
     if (rc == 0) {
         t = MPI_Wtime();
         rc = move_data(&r, e);
+        if (rc == 0) rc = adapter_phase(&r, e);
         r.times.data = MPI_Wtime() - t;
     }
     if (rc == 0) {

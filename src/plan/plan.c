@@ -9,6 +9,7 @@
 
 #include "hf/hfdir.h"
 #include "hf/st.h"
+#include "plan/lora.h"
 
 /* ---- key lookup: per rank, entry indices sorted by key ---- */
 
@@ -664,18 +665,44 @@ static void finish_stats(plan *pl, const plan_opts *o)
     }
 }
 
+/* A LoRA checkpoint renames its keys, leaves some out and plans the
+ * adapter's A and B apart (pl->lora_src) when they are fused. */
+static int plan_one_key(const ti_index *ix, const keymap *maps, const plan_opts *o, plan *pl, const ti_entry ***ents,
+                        size_t i, fm_err *e)
+{
+    int W = o->world_size;
+    const char *key = ix[0].entries[i].key;
+    char *name = NULL;
+    bool is_src = false;
+    if (o->lora) {
+        FM_TRY(lr_output_name(o->lora, key, &name, &is_src, e));
+        if (name == NULL) return 0;
+    }
+    size_t slot = pl->ntensors;
+    ents[slot] = malloc(sizeof(const ti_entry *) * (size_t)W);
+    if (ents[slot] == NULL) {
+        free(name);
+        return fm_fail(e, FM_ENOMEM, "out of memory");
+    }
+    for (int r = 0; r < W; r++) ents[slot][r] = keymap_find(&maps[r], key);
+    plan_tensor *t = is_src ? &pl->lora_src[pl->nlora_src++] : &pl->tensors[pl->ntensors++];
+    int rc = plan_key(ents[slot], ix, W, o, pl, t, e);
+    if (name) {
+        free(t->name);
+        t->name = name;
+    }
+    if (is_src) {
+        free(ents[slot]);
+        ents[slot] = NULL;
+    }
+    return rc;
+}
+
 static int plan_all_keys(const ti_index *ix, const keymap *maps, const plan_opts *o, plan *pl, const ti_entry ***ents,
                          fm_err *e)
 {
-    int W = o->world_size;
-    for (size_t i = 0; i < ix[0].n; i++) {
-        ents[i] = malloc(sizeof(const ti_entry *) * (size_t)W);
-        if (ents[i] == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-        for (int r = 0; r < W; r++) ents[i][r] = keymap_find(&maps[r], ix[0].entries[i].key);
-        int rc = plan_key(ents[i], ix, W, o, pl, &pl->tensors[i], e);
-        pl->ntensors = i + 1;
-        if (rc) return rc;
-    }
+    for (size_t i = 0; i < ix[0].n; i++) FM_TRY(plan_one_key(ix, maps, o, pl, ents, i, e));
+    if (pl->ntensors == 0) return fm_fail(e, FM_EFORMAT, "%s holds no tensors to write", ix[0].path);
     return 0;
 }
 
@@ -687,8 +714,9 @@ int plan_build(const ti_index *ix, const plan_opts *o, plan *pl, fm_err *e)
     keymap *maps = calloc((size_t)W, sizeof *maps);
     const ti_entry ***ents = calloc(ix[0].n ? ix[0].n : 1, sizeof *ents);
     pl->tensors = calloc(ix[0].n ? ix[0].n : 1, sizeof *pl->tensors);
+    pl->lora_src = calloc(ix[0].n ? ix[0].n : 1, sizeof *pl->lora_src);
     size_t *file_of = NULL;
-    int rc = (maps && ents && pl->tensors) ? 0 : fm_fail(e, FM_ENOMEM, "out of memory");
+    int rc = (maps && ents && pl->tensors && pl->lora_src) ? 0 : fm_fail(e, FM_ENOMEM, "out of memory");
     for (int r = 0; r < W && rc == 0; r++) rc = keymap_init(&maps[r], &ix[r], e);
     if (rc == 0) rc = check_same_keys(maps, ix, W, e);
     if (rc == 0 && ix[0].n == 0) rc = fm_fail(e, FM_EFORMAT, "%s holds no tensors", ix[0].path);
@@ -696,6 +724,7 @@ int plan_build(const ti_index *ix, const plan_opts *o, plan *pl, fm_err *e)
     if (rc == 0) rc = check_unique_names(pl, e);
     if (rc == 0) find_head(pl);
     if (rc == 0) rc = drop_tied(pl, ents, o) ? fm_fail(e, FM_ENOMEM, "out of memory") : 0;
+    if (rc == 0 && o->lora) rc = lr_link(pl, o->lora, e);
     if (rc == 0) finish_stats(pl, o);
     if (rc == 0) rc = assign_files(pl, o, &file_of, e);
     if (rc == 0) rc = layout_files(pl, o, file_of, e);
@@ -714,6 +743,16 @@ void plan_free(plan *pl)
     if (pl == NULL) return;
     for (size_t i = 0; i < pl->ntensors; i++) free_tensor(&pl->tensors[i]);
     free(pl->tensors);
+    for (size_t i = 0; i < pl->nlora_src; i++) free_tensor(&pl->lora_src[i]);
+    free(pl->lora_src);
+    for (size_t i = 0; i < pl->nfuses; i++) {
+        for (size_t k = 0; pl->fuses[i].local && k < pl->fuses[i].nlocal; k++) {
+            free(pl->fuses[i].local[k].a);
+            free(pl->fuses[i].local[k].b);
+        }
+        free(pl->fuses[i].local);
+    }
+    free(pl->fuses);
     for (size_t k = 0; k < pl->nfiles; k++) {
         free(pl->files[k].name);
         fm_buf_free(&pl->files[k].header);

@@ -6,6 +6,7 @@
 
 #include "base/dtype.h"
 #include "base/util.h"
+#include "plan/lora.h"
 
 /* ---- segments of a window ---- */
 
@@ -76,11 +77,57 @@ void sg_sources_free(sg_sources *s)
     free(s->slots);
     free(s->slot_of);
     free(s->piece_base);
+    free(s->scratch);
 }
 
 static int src_context(fm_err *e, const sg_sources *s, const sg_slot *sl)
 {
     return fm_context(e, "rank %d: %s", sl->rank, ptz_path(s->zips[sl->rank]));
+}
+
+/* The source elements of run `run` [j0, j0+n) of piece p, converted to `to`. */
+static int read_run(ptz_file *z, ptz_rec *rec, const plan_tensor *t, const plan_piece *p, uint64_t run, uint64_t j0,
+                    uint64_t n, dt_type to, uint8_t *dst, fm_err *e)
+{
+    size_t ses = dt_size(t->src_dtype), oes = dt_size(to);
+    const uint8_t *b;
+    if (p->src_contig) {
+        uint64_t elem = (uint64_t)plan_run_src(p, run) + j0, left = n;
+        uint64_t max = ptz_buffer_size(z) / ses;
+        while (left > 0) {
+            uint64_t take = FM_MIN(left, max);
+            FM_TRY(ptz_rec_get(rec, elem * ses, take * ses, &b, e));
+            dt_convert(t->src_dtype, to, b, dst, take, p->big_endian);
+            dst += take * oes;
+            elem += take;
+            left -= take;
+        }
+        return 0;
+    }
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t elem = (uint64_t)plan_src_elem(p, run, j0 + j);
+        FM_TRY(ptz_rec_get(rec, elem * ses, ses, &b, e));
+        dt_convert(t->src_dtype, to, b, dst + j * oes, 1, p->big_endian);
+    }
+    return 0;
+}
+
+/* A LoRA-fused weight: the saved W in fp32, plus scaling * (B @ A) for
+ * these elements, rounded once to the output dtype. */
+static int read_fused(sg_sources *s, ptz_file *z, ptz_rec *rec, const plan_tensor *t, const sg_seg *sg, uint8_t *dst,
+                      fm_err *e)
+{
+    const plan_piece *p = &t->pieces[sg->piece];
+    if (sg->n > s->scratch_cap) {
+        float *nb = realloc(s->scratch, sizeof(float) * sg->n);
+        if (nb == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+        s->scratch = nb;
+        s->scratch_cap = sg->n;
+    }
+    FM_TRY(read_run(z, rec, t, p, sg->run, sg->j0, sg->n, DT_F32, (uint8_t *)s->scratch, e));
+    lr_delta(t, sg->piece, plan_run_first(t, p, sg->run) + sg->j0, sg->n, s->scratch);
+    dt_convert(DT_F32, t->out_dtype, s->scratch, dst, sg->n, false);
+    return 0;
 }
 
 int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_err *e)
@@ -90,29 +137,12 @@ int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_er
     sg_slot *sl = &s->slots[s->slot_of[s->piece_base[sg->tensor] + sg->piece]];
     ptz_file *z = s->zips[sl->rank];
     if (sl->rec == NULL && ptz_rec_open(z, sl->storage, &sl->rec, e)) return src_context(e, s, sl);
-    size_t ses = dt_size(t->src_dtype), oes = dt_size(t->out_dtype);
-    const uint8_t *b;
-    if (p->src_contig) {
-        uint64_t elem = (uint64_t)plan_run_src(p, sg->run) + sg->j0, left = sg->n;
-        uint64_t max = ptz_buffer_size(z) / ses;
-        while (left > 0) {
-            uint64_t take = FM_MIN(left, max);
-            if (ptz_rec_get(sl->rec, elem * ses, take * ses, &b, e)) return src_context(e, s, sl);
-            dt_convert(t->src_dtype, t->out_dtype, b, dst, take, p->big_endian);
-            dst += take * oes;
-            elem += take;
-            left -= take;
-        }
-    } else {
-        for (uint64_t j = 0; j < sg->n; j++) {
-            uint64_t elem = (uint64_t)plan_src_elem(p, sg->run, sg->j0 + j);
-            if (ptz_rec_get(sl->rec, elem * ses, ses, &b, e)) return src_context(e, s, sl);
-            dt_convert(t->src_dtype, t->out_dtype, b, dst + j * oes, 1, p->big_endian);
-        }
-    }
-    s->bytes_read += sg->n * ses;
+    int rc = t->fuse ? read_fused(s, z, sl->rec, t, sg, dst, e)
+                     : read_run(z, sl->rec, t, p, sg->run, sg->j0, sg->n, t->out_dtype, dst, e);
+    if (rc) return src_context(e, s, sl);
+    s->bytes_read += sg->n * dt_size(t->src_dtype);
     if (sg->last && --sl->remaining == 0) {
-        int rc = ptz_rec_finish(sl->rec, e);
+        rc = ptz_rec_finish(sl->rec, e);
         ptz_rec_close(sl->rec);
         sl->rec = NULL;
         if (rc) return src_context(e, s, sl);
@@ -120,6 +150,17 @@ int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_er
     return 0;
 }
 
+int sg_read_piece_f32(ptz_file *z, const plan_tensor *t, const plan_piece *p, float *dst, fm_err *e)
+{
+    ptz_rec *rec = NULL;
+    int rc = ptz_rec_open(z, p->view.storage, &rec, e);
+    for (uint64_t r = 0; r < p->nruns && rc == 0; r++)
+        rc = read_run(z, rec, t, p, r, 0, p->run_len, DT_F32, (uint8_t *)(dst + r * p->run_len), e);
+    if (rc == 0) rc = ptz_rec_finish(rec, e);
+    ptz_rec_close(rec);
+    if (rc) fm_context(e, "rank %d: %s", p->rank, ptz_path(z));
+    return rc;
+}
 
 uint64_t sg_bytes_of(const plan *pl, int f, int proc)
 {

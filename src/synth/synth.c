@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,10 @@ void syn_default_opts(syn_opts *o)
     o->expected_bf16 = o->expected_fp32 = true;
     o->expected_max_shard = 5000000000ULL; /* the merger's default, 5GB (decimal) */
     o->buffer_size = SYN_DEFAULT_BUFFER;
+    o->lora_alpha = 16;
+    o->lora_targets = "q_proj,v_proj";
+    o->lora_adapters = "default";
+    o->lora_config = "adapter";
 }
 
 static const struct {
@@ -165,9 +170,101 @@ static int syn_add(syn_ctx *c, size_t *cap, const char *name, int ndim, int64_t 
     t->numel = (uint64_t)d0 * (uint64_t)(ndim == 2 ? d1 : 1);
     t->kind = kind;
     t->tied_to = -1;
+    snprintf(t->out_name, sizeof t->out_name, "%s", name);
+    t->lora_a = t->lora_b = -1;
     /* the stream depends on the seed and the position, so every tensor differs */
     t->stream = syn_mix(c->o.seed * SYN_GOLDEN + syn_mix((uint64_t)c->n + 0x5eed));
     c->n++;
+    return 0;
+}
+
+/* ---- LoRA (PEFT) names and factors ---- */
+
+#define SYN_PEFT "base_model.model."
+
+/* Is `item` in the comma list? */
+static bool syn_in_list(const char *list, const char *item, size_t len)
+{
+    for (const char *p = list; p && *p;) {
+        const char *q = strchr(p, ',');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n == len && strncmp(p, item, len) == 0) return true;
+        p = q ? q + 1 : NULL;
+    }
+    return false;
+}
+
+/* "KEY=V,..." -> V of the first KEY that is the module name or its dotted suffix */
+static bool syn_pattern(const char *list, const char *module, double *v)
+{
+    size_t ml = strlen(module);
+    for (const char *p = list; p && *p;) {
+        const char *q = strchr(p, ','), *eq = strchr(p, '=');
+        if (eq == NULL || (q && eq > q)) return false;
+        size_t kl = (size_t)(eq - p);
+        if (kl <= ml && strncmp(module + ml - kl, p, kl) == 0 && (kl == ml || module[ml - kl - 1] == '.')) {
+            *v = strtod(eq + 1, NULL);
+            return true;
+        }
+        p = q ? q + 1 : NULL;
+    }
+    return false;
+}
+
+static bool syn_lora_target(const syn_ctx *c, const char *module)
+{
+    const char *leaf = strrchr(module, '.');
+    leaf = leaf ? leaf + 1 : module;
+    return c->o.lora_r > 0 && syn_in_list(c->o.lora_targets, leaf, strlen(leaf));
+}
+
+/* lora_A [r, in] and lora_B [out, r] of every adapter after the module's
+ * own parameters (PEFT's state_dict order); the first adapter's are linked
+ * to the weight `w` for the expected fused output. */
+static int syn_add_lora(syn_ctx *c, size_t *cap, const char *module, size_t w, int64_t out, int64_t in)
+{
+    double r = c->o.lora_r, alpha = c->o.lora_alpha;
+    syn_pattern(c->o.lora_rank_pattern, module, &r);
+    syn_pattern(c->o.lora_alpha_pattern, module, &alpha);
+    bool first = true;
+    for (const char *p = c->o.lora_adapters; p && *p; first = false) {
+        const char *q = strchr(p, ',');
+        int al = q ? (int)(q - p) : (int)strlen(p);
+        char name[2 * SYN_NAME_MAX];
+        snprintf(name, sizeof name, SYN_PEFT "%s.lora_A.%.*s.weight", module, al, p);
+        if (syn_add(c, cap, name, 2, (int64_t)r, in, SYN_WEIGHT)) return FM_ENOMEM;
+        c->t[c->n - 1].out_name[0] = '\0';
+        snprintf(name, sizeof name, SYN_PEFT "%s.lora_B.%.*s.weight", module, al, p);
+        if (syn_add(c, cap, name, 2, out, (int64_t)r, SYN_WEIGHT)) return FM_ENOMEM;
+        c->t[c->n - 1].out_name[0] = '\0';
+        if (first) {
+            c->t[w].lora_a = (int)c->n - 2;
+            c->t[w].lora_b = (int)c->n - 1;
+            c->t[w].lora_scaling = (float)(c->o.lora_rslora ? alpha / sqrt(r) : alpha / r);
+        }
+        if (c->o.lora_dora) {
+            snprintf(name, sizeof name, SYN_PEFT "%s.lora_magnitude_vector.%.*s.weight", module, al, p);
+            if (syn_add(c, cap, name, 1, out, 0, SYN_NORM)) return FM_ENOMEM;
+            c->t[c->n - 1].out_name[0] = '\0';
+        }
+        p = q ? q + 1 : NULL;
+    }
+    return 0;
+}
+
+/* One parameter `<module>.<what>`, PEFT-named when LoRA is on. */
+static int syn_add_param(syn_ctx *c, size_t *cap, const char *module, const char *what, int ndim, int64_t d0, int64_t d1,
+                         syn_kind kind)
+{
+    char name[2 * SYN_NAME_MAX];
+    bool target = syn_lora_target(c, module);
+    if (target && c->o.lora_fan_in_fan_out && ndim == 2) { /* Conv1D-style weight: [in, out] */
+        int64_t t = d0;
+        d0 = d1, d1 = t;
+    }
+    snprintf(name, sizeof name, "%s%s.%s%s", c->o.lora_r > 0 ? SYN_PEFT : "", module, target ? "base_layer." : "", what);
+    if (syn_add(c, cap, name, ndim, d0, d1, kind)) return FM_ENOMEM;
+    if (c->o.lora_r > 0) snprintf(c->t[c->n - 1].out_name, SYN_NAME_MAX, "%s.%s", module, what);
     return 0;
 }
 
@@ -177,28 +274,27 @@ static int syn_add_layer(syn_ctx *c, size_t *cap, int64_t i)
     const syn_model *m = &c->o.model;
     int64_t H = m->hidden, I = m->intermediate, KV = m->kv_heads * (m->hidden / m->heads);
     static const struct {
-        const char *suffix;
-        int which; /* 0: [H,H] 1: [H] 2: [KV,H] 3: [KV] 4: [I,H] 5: [H,I] 6: norm [H] */
+        const char *module;
+        bool bias;
+        int which; /* 0: [H,H] 2: [KV,H] 4: [I,H] 5: [H,I] 6: norm [H] */
     } L[] = {
-        {"self_attn.q_proj.weight", 0}, {"self_attn.q_proj.bias", 1}, {"self_attn.k_proj.weight", 2},
-        {"self_attn.k_proj.bias", 3},   {"self_attn.v_proj.weight", 2}, {"self_attn.v_proj.bias", 3},
-        {"self_attn.o_proj.weight", 0}, {"mlp.gate_proj.weight", 4},  {"mlp.up_proj.weight", 4},
-        {"mlp.down_proj.weight", 5},    {"input_layernorm.weight", 6}, {"post_attention_layernorm.weight", 6},
+        {"self_attn.q_proj", true, 0}, {"self_attn.k_proj", true, 2}, {"self_attn.v_proj", true, 2},
+        {"self_attn.o_proj", false, 0}, {"mlp.gate_proj", false, 4}, {"mlp.up_proj", false, 4},
+        {"mlp.down_proj", false, 5}, {"input_layernorm", false, 6}, {"post_attention_layernorm", false, 6},
     };
     for (size_t k = 0; k < FM_ARRAY_LEN(L); k++) {
-        char name[SYN_NAME_MAX];
-        snprintf(name, sizeof name, "model.layers.%" PRId64 ".%s", i, L[k].suffix);
-        int rc;
-        switch (L[k].which) {
-        case 0: rc = syn_add(c, cap, name, 2, H, H, SYN_WEIGHT); break;
-        case 1: rc = syn_add(c, cap, name, 1, H, 0, SYN_WEIGHT); break;
-        case 2: rc = syn_add(c, cap, name, 2, KV, H, SYN_WEIGHT); break;
-        case 3: rc = syn_add(c, cap, name, 1, KV, 0, SYN_WEIGHT); break;
-        case 4: rc = syn_add(c, cap, name, 2, I, H, SYN_WEIGHT); break;
-        case 5: rc = syn_add(c, cap, name, 2, H, I, SYN_WEIGHT); break;
-        default: rc = syn_add(c, cap, name, 1, H, 0, SYN_NORM); break;
+        char module[SYN_NAME_MAX];
+        snprintf(module, sizeof module, "model.layers.%" PRId64 ".%s", i, L[k].module);
+        int64_t out = L[k].which == 0 ? H : L[k].which == 2 ? KV : L[k].which == 4 ? I : H;
+        int64_t in = L[k].which == 5 ? I : H;
+        if (L[k].which == 6) {
+            if (syn_add_param(c, cap, module, "weight", 1, H, 0, SYN_NORM)) return FM_ENOMEM;
+            continue;
         }
-        if (rc) return rc;
+        size_t w = c->n;
+        if (syn_add_param(c, cap, module, "weight", 2, out, in, SYN_WEIGHT)) return FM_ENOMEM;
+        if (L[k].bias && syn_add_param(c, cap, module, "bias", 1, out, 0, SYN_WEIGHT)) return FM_ENOMEM;
+        if (syn_lora_target(c, module) && syn_add_lora(c, cap, module, w, out, in)) return FM_ENOMEM;
     }
     return 0;
 }
@@ -207,12 +303,12 @@ static int syn_build_tensors(syn_ctx *c, fm_err *e)
 {
     const syn_model *m = &c->o.model;
     size_t cap = 0;
-    int rc = syn_add(c, &cap, "model.embed_tokens.weight", 2, m->vocab, m->hidden, SYN_WEIGHT);
+    int rc = syn_add_param(c, &cap, "model.embed_tokens", "weight", 2, m->vocab, m->hidden, SYN_WEIGHT);
     for (int64_t i = 0; i < m->layers && rc == 0; i++) rc = syn_add_layer(c, &cap, i);
-    if (rc == 0) rc = syn_add(c, &cap, "model.norm.weight", 1, m->hidden, 0, SYN_NORM);
-    if (rc == 0 && m->critic) rc = syn_add(c, &cap, "score.weight", 2, 1, m->hidden, SYN_WEIGHT);
+    if (rc == 0) rc = syn_add_param(c, &cap, "model.norm", "weight", 1, m->hidden, 0, SYN_NORM);
+    if (rc == 0 && m->critic) rc = syn_add_param(c, &cap, "score", "weight", 2, 1, m->hidden, SYN_WEIGHT);
     if (rc == 0 && !m->critic) {
-        rc = syn_add(c, &cap, "lm_head.weight", 2, m->vocab, m->hidden, SYN_WEIGHT);
+        rc = syn_add_param(c, &cap, "lm_head", "weight", 2, m->vocab, m->hidden, SYN_WEIGHT);
         if (rc == 0 && m->tied) c->t[c->n - 1].tied_to = 0;
     }
     return rc ? fm_fail(e, FM_ENOMEM, "out of memory building the parameter list") : 0;
@@ -277,6 +373,7 @@ static size_t *syn_split(const syn_ctx *c, dt_type dt, size_t *nfiles)
     for (size_t i = 0; i < c->n; i++) {
         f[i] = SIZE_MAX;
         if (c->t[i].tied_to >= 0) continue; /* save_pretrained drops a tied lm_head */
+        if (c->t[i].out_name[0] == '\0') continue; /* LoRA factors: fused, not written */
         uint64_t sz = c->t[i].numel * dt_size(dt);
         if (sz > lim) {
             f[i] = nlist++;
@@ -1146,6 +1243,57 @@ static int syn_write_verl(const syn_ctx *c, fm_err *e)
 
 static const char *syn_dt_dir(dt_type dt) { return dt == DT_BF16 ? "bf16" : "fp32"; }
 
+/* "KEY=V,..." as a JSON object */
+static void syn_json_patterns(fm_buf *b, const char *list)
+{
+    fm_buf_putc(b, '{');
+    for (const char *p = list; p && *p;) {
+        const char *q = strchr(p, ','), *eq = strchr(p, '=');
+        if (eq == NULL) break;
+        int kl = (int)(eq - p), vl = q ? (int)(q - eq - 1) : (int)strlen(eq + 1);
+        fm_buf_printf(b, "%s\"%.*s\": %.*s", p == list ? "" : ", ", kl, p, vl, eq + 1);
+        p = q ? q + 1 : NULL;
+    }
+    fm_buf_putc(b, '}');
+}
+
+/* actor/lora_adapter/adapter_config.json (PEFT's keys) or verl's
+ * lora_train_meta.json next to fsdp_config.json, or nothing. */
+static int syn_write_lora_config(const syn_ctx *c, fm_err *e)
+{
+    const syn_opts *o = &c->o;
+    if (o->lora_r <= 0 || strcmp(o->lora_config, "none") == 0) return 0;
+    bool meta = strcmp(o->lora_config, "meta") == 0;
+    fm_buf b = {0};
+    char alpha[32];
+    jf_py_float_repr(o->lora_alpha, alpha, sizeof alpha);
+    if (meta) {
+        fm_buf_printf(&b, "{\"r\": %d, \"lora_alpha\": %s, \"task_type\": \"CAUSAL_LM\"}", o->lora_r, alpha);
+    } else {
+        fm_buf_printf(&b, "{\n  \"alpha_pattern\": ");
+        syn_json_patterns(&b, o->lora_alpha_pattern);
+        fm_buf_printf(&b, ",\n  \"fan_in_fan_out\": %s,\n  \"lora_alpha\": %s,\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n"
+                      "  \"rank_pattern\": ", o->lora_fan_in_fan_out ? "true" : "false", alpha, o->lora_r);
+        syn_json_patterns(&b, o->lora_rank_pattern);
+        fm_buf_puts(&b, ",\n  \"target_modules\": [");
+        for (const char *p = o->lora_targets; p && *p;) {
+            const char *q = strchr(p, ',');
+            fm_buf_printf(&b, "%s\"%.*s\"", p == o->lora_targets ? "" : ", ", q ? (int)(q - p) : (int)strlen(p), p);
+            p = q ? q + 1 : NULL;
+        }
+        fm_buf_printf(&b, "],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": %s,\n  \"use_rslora\": %s\n}",
+                      o->lora_dora ? "true" : "false", o->lora_rslora ? "true" : "false");
+    }
+    char *dir = meta ? fm_strdup(c->actor) : fm_path_join(c->actor, "lora_adapter");
+    char *path = dir ? fm_path_join(dir, meta ? "lora_train_meta.json" : "adapter_config.json") : NULL;
+    int rc = path && !b.oom ? fm_mkdir_p(dir, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0) rc = fm_write_file(path, b.data, b.len, e);
+    free(dir);
+    free(path);
+    fm_buf_free(&b);
+    return rc;
+}
+
 int syn_write_meta(syn_ctx *c, fm_err *e)
 {
     char *hf = fm_path_join(c->actor, "huggingface");
@@ -1153,6 +1301,7 @@ int syn_write_meta(syn_ctx *c, fm_err *e)
     int rc = fm_mkdir_p(hf, e);
     if (rc == 0) rc = syn_write_hf(c, hf, e);
     if (rc == 0) rc = syn_write_verl(c, e);
+    if (rc == 0) rc = syn_write_lora_config(c, e);
     free(hf);
     for (size_t j = 0; j < c->njobs && rc == 0; j++) {
         if (c->jobs[j].file != 0) continue;
@@ -1187,6 +1336,40 @@ static int syn_write_fd(int fd, const void *p, size_t n, const char *path, fm_er
     return 0;
 }
 
+/* One element of a tensor as stored (rounded through the parameter dtype). */
+static float syn_stored(const syn_ctx *c, const syn_tensor *t, uint64_t g)
+{
+    float v;
+    syn_fill(t, g, 1, &v);
+    if (c->o.dtype == DT_BF16) {
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        u = dt_bf16_to_f32(dt_f32_to_bf16(u));
+        memcpy(&v, &u, 4);
+    }
+    return v;
+}
+
+/* The expected fused weight, computed here from the generator (not from
+ * the merger's code): the stored W, plus scaling * sum_k B[i,k] A[k,j] as
+ * an fp32 fused multiply-add chain from k = 0 (torch's matmul), the delta
+ * rounded to fp32 before the addition; fbuf then holds fp32 values that
+ * syn_convert must not round through bf16 again: they are exact results. */
+static void syn_fuse(syn_ctx *c, const syn_tensor *t, uint64_t g0, size_t n)
+{
+    const syn_tensor *A = &c->t[t->lora_a], *B = &c->t[t->lora_b];
+    int64_t r = A->shape[0], cols = t->shape[1];
+    for (size_t q = 0; q < n; q++) {
+        int64_t i = (int64_t)(g0 + q) / cols, j = (int64_t)(g0 + q) % cols;
+        int64_t brow = c->o.lora_fan_in_fan_out ? j : i, acol = c->o.lora_fan_in_fan_out ? i : j;
+        float acc = 0.0f, w = syn_stored(c, t, g0 + q);
+        for (int64_t k = 0; k < r; k++)
+            acc = fmaf(syn_stored(c, B, (uint64_t)(brow * r + k)), syn_stored(c, A, (uint64_t)(k * A->shape[1] + acol)), acc);
+        float d = acc * t->lora_scaling;
+        c->fbuf[q] = w + d;
+    }
+}
+
 /* One tensor's values, rounded through the parameter dtype, in dtype dt. */
 static int syn_stream_expected(syn_ctx *c, int fd, const syn_tensor *t, dt_type dt, const char *path, uint64_t *bytes,
                                fm_err *e)
@@ -1194,7 +1377,8 @@ static int syn_stream_expected(syn_ctx *c, int fd, const syn_tensor *t, dt_type 
     for (uint64_t g = 0; g < t->numel;) {
         size_t n = (size_t)FM_MIN((uint64_t)c->belems, t->numel - g);
         syn_fill(t, g, n, c->fbuf);
-        FM_TRY(syn_write_fd(fd, syn_convert(c, n, c->o.dtype, dt), n * dt_size(dt), path, e));
+        if (t->lora_a >= 0) syn_fuse(c, t, g, n);
+        FM_TRY(syn_write_fd(fd, syn_convert(c, n, t->lora_a >= 0 ? DT_F32 : c->o.dtype, dt), n * dt_size(dt), path, e));
         *bytes += n * dt_size(dt);
         g += n;
     }
@@ -1210,7 +1394,7 @@ static int syn_expected_layout(const syn_ctx *c, const syn_job *jb, st_entry **o
     for (size_t i = 0; i < c->n; i++) {
         if (jb->file_of[i] != jb->file) continue;
         const syn_tensor *t = &c->t[i];
-        ent[k] = (st_entry){.name = t->name, .dtype = jb->dtype, .ndim = t->ndim, .user = i};
+        ent[k] = (st_entry){.name = t->out_name, .dtype = jb->dtype, .ndim = t->ndim, .user = i};
         for (int d = 0; d < t->ndim; d++) ent[k].shape[d] = t->shape[d];
         k++;
     }
@@ -1255,7 +1439,7 @@ static int syn_expected_index(const syn_ctx *c, const syn_job *jb, const char *d
     uint64_t size = 0, params = 0;
     for (size_t i = 0; i < c->n && rc == 0; i++) {
         if (jb->file_of[i] == SIZE_MAX) continue;
-        ie[m++] = (hf_index_entry){.tensor = c->t[i].name, .file = names[jb->file_of[i]]};
+        ie[m++] = (hf_index_entry){.tensor = c->t[i].out_name, .file = names[jb->file_of[i]]};
         size += c->t[i].numel * dt_size(jb->dtype);
         params += c->t[i].numel;
     }

@@ -20,7 +20,8 @@
 
 enum {
     O_OUT = 256, O_WORLD, O_MODEL, O_VOCAB, O_HIDDEN, O_INTER, O_LAYERS, O_HEADS, O_KV, O_TIED, O_UNTIED, O_CRITIC,
-    O_DTYPE, O_PLACE, O_SEED, O_STEP, O_EXPECTED, O_EXP_DT, O_EXP_SHARD, O_SUBDIR, O_FAULT, O_BUFFER, O_QUIET, O_HELP
+    O_DTYPE, O_PLACE, O_SEED, O_STEP, O_EXPECTED, O_EXP_DT, O_EXP_SHARD, O_SUBDIR, O_FAULT, O_BUFFER, O_QUIET, O_HELP,
+    O_LORA, O_LALPHA, O_LTARGETS, O_LADAPTERS, O_LCONFIG, O_LRANKPAT, O_LALPHAPAT, O_LRSLORA, O_LFAN, O_LDORA
 };
 
 typedef struct opt_spec {
@@ -55,6 +56,16 @@ static const opt_spec SPECS[] = {
     {"fault", required_argument, O_FAULT, "KIND:RANK[:KEY]",
      "make one rank's file wrong: shape, dtype, missing-key, extra-key, view-range, placement"},
     {"buffer-size", required_argument, O_BUFFER, "SIZE", "streaming buffer per process (default 8MiB)"},
+    {"lora", required_argument, O_LORA, "R", "a PEFT LoRA model of rank R (PEFT names, lora_A/lora_B); expected = fused"},
+    {"lora-alpha", required_argument, O_LALPHA, "X", "LoRA alpha (default 16)"},
+    {"lora-targets", required_argument, O_LTARGETS, "LIST", "LoRA target modules (default q_proj,v_proj)"},
+    {"lora-adapters", required_argument, O_LADAPTERS, "LIST", "adapter names (default default); the first is fused"},
+    {"lora-config", required_argument, O_LCONFIG, "KIND", "adapter (adapter_config.json, default), meta (lora_train_meta.json) or none"},
+    {"lora-rank-pattern", required_argument, O_LRANKPAT, "K=N,...", "PEFT rank_pattern"},
+    {"lora-alpha-pattern", required_argument, O_LALPHAPAT, "K=X,...", "PEFT alpha_pattern"},
+    {"lora-rslora", no_argument, O_LRSLORA, NULL, "use_rslora (scaling alpha/sqrt(r))"},
+    {"lora-fan-in-fan-out", no_argument, O_LFAN, NULL, "fan_in_fan_out: target weights stored [in, out]"},
+    {"lora-dora", no_argument, O_LDORA, NULL, "add DoRA magnitude vectors (the merger must refuse them)"},
     {"quiet", no_argument, O_QUIET, NULL, "print errors only (also -q)"},
     {"help", no_argument, O_HELP, NULL, "show this help (also -h)"},
 };
@@ -154,6 +165,28 @@ static int parse_one(cli *c, int id, const char *arg, fm_err *e)
         o->buffer_size = (size_t)b;
         return 0;
     }
+    case O_LORA:
+        FM_TRY(parse_i64("lora", arg, &v, e));
+        if (v < 1 || v > 65536) return fm_fail(e, FM_EUSAGE, "--lora must be a rank from 1 to 65536");
+        o->lora_r = (int)v;
+        return 0;
+    case O_LALPHA: {
+        char *end;
+        o->lora_alpha = strtod(arg, &end);
+        return *arg && *end == '\0' ? 0 : fm_fail(e, FM_EUSAGE, "--lora-alpha: '%s' is not a number", arg);
+    }
+    case O_LTARGETS: o->lora_targets = arg; return 0;
+    case O_LADAPTERS: o->lora_adapters = arg; return 0;
+    case O_LCONFIG:
+        if (strcmp(arg, "adapter") && strcmp(arg, "meta") && strcmp(arg, "none"))
+            return fm_fail(e, FM_EUSAGE, "--lora-config: '%s' is not adapter, meta or none", arg);
+        o->lora_config = arg;
+        return 0;
+    case O_LRANKPAT: o->lora_rank_pattern = arg; return 0;
+    case O_LALPHAPAT: o->lora_alpha_pattern = arg; return 0;
+    case O_LRSLORA: o->lora_rslora = true; return 0;
+    case O_LFAN: o->lora_fan_in_fan_out = true; return 0;
+    case O_LDORA: o->lora_dora = true; return 0;
     case O_QUIET: c->quiet = true; return 0;
     case O_HELP: c->help = true; return 0;
     default: return fm_fail(e, FM_EUSAGE, "unknown option");
