@@ -54,6 +54,9 @@ typedef struct cli_opts {
     const char *inspect_file;
     bool json;
     long values;              /* tensor values to print (inspect), default 0 */
+    /* DCP checkpoints */
+    const char *dcp_key;      /* entry of a nested state dict; NULL = model / flat */
+    const char *hf_config;    /* folder with config.json; NULL = huggingface/ next to it */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

@@ -11,7 +11,8 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT
+    OPT_FORMAT,
+    OPT_DCPKEY, OPT_HFCONFIG
 };
 
 typedef struct opt_spec {
@@ -73,6 +74,12 @@ static const opt_spec SPECS[] = {
     {"quiet", 'q', no_argument, OPT_QUIET, NULL, "print errors only"},
     {"json", 0, no_argument, OPT_JSON, NULL, "inspect: print JSON"},
     {"values", 0, required_argument, OPT_VALUES, "N", "inspect: print the first N values of each tensor (-1 = all)"},
+    {"dcp-key", 0, required_argument, OPT_DCPKEY, "NAME",
+     "DCP checkpoints: the entry of the nested state dict holding the model (default: model, or the flat state "
+     "dict)"},
+    {"hf-config", 0, required_argument, OPT_HFCONFIG, "DIR",
+     "DCP checkpoints: folder with config.json and the tokenizer (default: a huggingface/ folder next to the "
+     "checkpoint)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
 };
@@ -108,7 +115,10 @@ void cli_usage(FILE *out)
             "  mpirun -np W fsdpmerge --checkpoint_path CKPT --output_path OUT [options]\n"
             "  mpirun -np W fsdpmerge CKPT [--output OUT] [--actor-dir actor] [--dtype bfloat16]\n"
             "  fsdpmerge CKPT                      (one process; output CKPT_merged)\n"
-            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n\n"
+            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n"
+            "  fsdpmerge inspect DCP_FOLDER/.metadata | FILE.distcp[@OFFSET]\n\n"
+            "CKPT is a verl checkpoint (global_step_N or its actor folder) or a torch.distributed.checkpoint\n"
+            "folder (.metadata and *.distcp: accelerate's pytorch_model_fsdp_0, torchtitan's step-N, or above).\n\n"
             "Run one process per original rank (-np W, the world size of the checkpoint) or fewer:\n"
             "process p then reads ranks p, p+P, ...\n\noptions:\n",
             FM_VERSION);
@@ -204,6 +214,8 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_OPTIMIZER: o->optimizer = true; return 0;
     case OPT_NODIO: o->no_direct_io = true; return 0;
+    case OPT_DCPKEY: o->dcp_key = arg; return 0;
+    case OPT_HFCONFIG: o->hf_config = arg; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);

@@ -21,6 +21,7 @@
 #include "torchfmt/tindex.h"
 #include "base/util.h"
 #include "engine/xfer.h"
+#include "cmd/dcpmerge.h"
 
 #define RULE "======================================================================"
 
@@ -45,6 +46,7 @@ typedef struct run {
     pg_bar bar;
     rp_times times;
     xf_stats xs;
+    dm_state dcp;           /* a DCP checkpoint (dcp.on) */
 } run;
 
 static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -167,7 +169,13 @@ static int make_info(run *r, fm_err *e)
 static int discover(run *r, fm_err *e)
 {
     const cli_opts *o = r->o;
-    if (r->me == 0 && o->shard_template)
+    FM_TRY(dm_discover_all(o, r->comm, &r->layout, &r->dcp, e));
+    if (r->me == 0 && r->dcp.on && (o->shard_template || o->optimizer))
+        fm_fail(e, FM_EUNSUPPORTED, "%s: not supported for DCP checkpoints",
+                o->shard_template ? "--shard-template" : "--optimizer");
+    else if (r->me == 0 && r->dcp.on)
+        ; /* dm_discover_all filled the layout */
+    else if (r->me == 0 && o->shard_template)
         ck_discover_template(o->checkpoint, o->actor_dir, o->shard_template, o->world_size, &r->layout, e);
     else if (r->me == 0)
         ck_discover(o->checkpoint, o->actor_dir, o->world_size, &r->layout, e);
@@ -211,7 +219,10 @@ static void banner(run *r)
                                 : r->o->format == CLI_FORMAT_BOTH ? "safetensors and hdf5 (model.h5)" : "safetensors");
     say(r, "Processes:     %d%s, writer: process %d\nMode:          %s\n" RULE "\n", r->nprocs,
         r->nprocs == W ? " (one per rank)" : "", r->writer, r->why);
-    if (r->layout.fsdp_version)
+    if (r->dcp.on)
+        say(r, "\xe2\x9c\x93 Detected a torch.distributed.checkpoint folder: %d data files, %zu keys%s%s%s\n\n", W,
+            r->dcp.meta.n, r->dcp.prefix[0] ? " (model: the '" : "", r->dcp.prefix, r->dcp.prefix[0] ? "' keys)" : "");
+    else if (r->layout.fsdp_version)
         say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (fsdp_config.json, FSDP%d)\n\n", W,
             r->layout.fsdp_version);
     else
@@ -275,6 +286,11 @@ static int open_mine(run *r, fm_err *e)
     r->ix = calloc((size_t)W, sizeof *r->ix);
     if (r->zips == NULL || r->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     for (int k = r->me; k < W; k += r->nprocs) {
+        if (r->dcp.on) {
+            FM_TRY(dm_open(r->o, &r->layout, &r->dcp, r->dcp.prefix, k, rbuf, &r->zips[k], &r->ix[k], e));
+            FM_TRY(hash_pieces(r, &r->ix[k], r->zips[k], e));
+            continue;
+        }
         char *path = ck_rank_file(&r->layout, "model", k);
         if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
         int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, rbuf, &r->zips[k], e);
@@ -497,6 +513,7 @@ static int write_side_files(run *r, fm_err *e)
 static int training_state(run *r, fm_err *e)
 {
     es_result res;
+    if (r->dcp.on) return 0; /* a DCP folder's train_state is not a verl extra_state */
     say(r, "\nMerging extra_state files...\n");
     FM_TRY(es_merge_all(&r->layout, r->tmpdir, r->writer, r->o->no_crc, r->comm, &res, e));
     if (!res.present) {
@@ -607,6 +624,9 @@ static int finalize(run *r, fm_err *e)
     FM_TRY(comm_agree_all(e, r->comm));
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
                        r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
+    else if (r->dcp.on)
+        say(r, "  note: no config.json (--hf-config DIR, or a huggingface/ folder next to the checkpoint): the output "
+            "holds the weights only\n");
     else say(r, "  warning: no config.json found next to the shards: the output holds the weights only\n");
     say(r, "\xe2\x9c\x93 Model saved successfully\n");
     return 0;
@@ -637,6 +657,7 @@ static void cleanup(run *r)
     if (r->info != MPI_INFO_NULL) MPI_Info_free(&r->info);
     plan_free(&r->pl);
     ck_layout_free(&r->layout);
+    dm_free(&r->dcp);
 }
 
 int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
