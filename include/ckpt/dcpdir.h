@@ -12,8 +12,8 @@
 #include "base/err.h"
 
 /*! ck_find_dcp() : *dir = the malloc'd DCP folder of ckpt: ckpt itself,
- *  ckpt/pytorch_model_fsdp_0, or the one ckpt/step-N holding .metadata
- *  (several: FM_EUSAGE naming them). *dir = NULL (and 0) when ckpt is not a
+ *  ckpt/pytorch_model_fsdp_0, or the one sub-folder holding .metadata
+ *  (step-N, ...; several: FM_EUSAGE naming them). *dir = NULL (and 0) when ckpt is not a
  *  DCP checkpoint. */
 int ck_find_dcp(const char *ckpt, char **dir, fm_err *e);
 

@@ -16,14 +16,8 @@ static bool has_metadata(const char *dir)
     return ok;
 }
 
-static bool is_step_name(const char *name)
-{
-    size_t n = strspn(name + 5, "0123456789");
-    return strncmp(name, "step-", 5) == 0 && n > 0 && name[5 + n] == '\0';
-}
-
-/* The step-N sub-folders of ckpt that hold .metadata. */
-static int find_steps(const char *ckpt, char **dir, fm_err *e)
+/* The sub-folders of ckpt that hold .metadata: one is the checkpoint. */
+static int find_sub(const char *ckpt, char **dir, fm_err *e)
 {
     DIR *d = opendir(ckpt);
     if (d == NULL) return 0;
@@ -31,7 +25,7 @@ static int find_steps(const char *ckpt, char **dir, fm_err *e)
     int count = 0, rc = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!is_step_name(de->d_name)) continue;
+        if (de->d_name[0] == '.') continue;
         char *p = fm_path_join(ckpt, de->d_name);
         if (p && has_metadata(p)) {
             fm_buf_printf(&names, "%s%s", count ? ", " : "", de->d_name);
@@ -58,6 +52,7 @@ int ck_find_dcp(const char *ckpt, char **dir, fm_err *e)
         *dir = fm_strdup(ckpt);
         return *dir ? 0 : fm_fail(e, FM_ENOMEM, "out of memory");
     }
+    /* the HF Trainer's checkpoint-N holds the model's and the optimizer's (optimizer_0/) */
     char *p = fm_path_join(ckpt, "pytorch_model_fsdp_0");
     if (p == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     if (has_metadata(p)) {
@@ -65,7 +60,7 @@ int ck_find_dcp(const char *ckpt, char **dir, fm_err *e)
         return 0;
     }
     free(p);
-    return find_steps(ckpt, dir, e);
+    return find_sub(ckpt, dir, e);
 }
 
 static bool has_config(const char *dir)

@@ -28,9 +28,21 @@ typedef struct sloc {
     const char *path;
     int64_t offset, length;
     const pkl_value *transforms;
+    size_t order;      /* position in storage_data: a later duplicate wins, as in a Python dict */
 } sloc;
 
+static int cmp_sloc_key(const void *a, const void *b);
+
+/* by key, then dict order (qsort is not stable) */
 static int cmp_sloc(const void *a, const void *b)
+{
+    int c = cmp_sloc_key(a, b);
+    if (c) return c;
+    const sloc *x = a, *y = b;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static int cmp_sloc_key(const void *a, const void *b)
 {
     const sloc *x = a, *y = b;
     int c = strcmp(x->fqn, y->fqn);
@@ -65,7 +77,7 @@ static const sloc *find_sloc(const sloc *v, size_t n, const char *fqn, int ndim,
 {
     sloc key = {.fqn = fqn, .ndim = ndim};
     if (ndim > 0) memcpy(key.off, off, sizeof(int64_t) * (size_t)ndim);
-    return bsearch(&key, v, n, sizeof *v, cmp_sloc);
+    return bsearch(&key, v, n, sizeof *v, cmp_sloc_key);
 }
 
 /* ---- the file list ---- */
@@ -218,11 +230,19 @@ static int collect_slocs(const pkl_value *sd, sloc **out, size_t *n, fm_err *e)
     if (v == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     *out = v;
     *n = d->u.dict.n;
-    for (size_t i = 0; i < d->u.dict.n; i++) FM_TRY(parse_sloc(d->u.dict.keys[i], d->u.dict.vals[i], &v[i], e));
+    for (size_t i = 0; i < d->u.dict.n; i++) {
+        FM_TRY(parse_sloc(d->u.dict.keys[i], d->u.dict.vals[i], &v[i], e));
+        v[i].order = i;
+    }
     qsort(v, *n, sizeof *v, cmp_sloc);
-    for (size_t i = 1; i < *n; i++)
-        if (cmp_sloc(&v[i - 1], &v[i]) == 0)
-            return fm_fail(e, FM_EFORMAT, "storage_data: two items for one chunk of '%s'", v[i].fqn);
+    /* MetadataIndex compares (fqn, offset) only: equal keys (empty chunks at
+     * the same offset) are one dict entry in Python, the last one */
+    size_t k = 0;
+    for (size_t i = 0; i < *n; i++) {
+        if (k > 0 && cmp_sloc_key(&v[k - 1], &v[i]) == 0) v[k - 1] = v[i];
+        else v[k++] = v[i];
+    }
+    *n = k;
     return 0;
 }
 
@@ -349,6 +369,9 @@ static int gather_items(const dcp_meta *m, int file, const char *prefix, ptz_ite
         for (size_t c = 0; c < k->nchunks; c++) {
             if (k->chunks[c].file != file) continue;
             FM_TRY(check_usable(m, k, &k->chunks[c], e));
+            bool dup = false; /* empty chunks at one offset share one item */
+            for (size_t i2 = 0; i2 < *n && !dup; i2++) dup = (*items)[i2].offset == k->chunks[c].offset;
+            if (dup) continue;
             if (*n == cap) {
                 cap = cap ? cap * 2 : 64;
                 ptz_item *ni = realloc(*items, cap * sizeof *ni);
