@@ -15,6 +15,7 @@
 #include "ckpt/ckpt.h"
 #include "cmd/cli.h"
 #include "torchfmt/dcp.h"
+#include "base/util.h"
 
 typedef struct dm_state {
     bool on;             /* the checkpoint is a DCP folder */
@@ -33,6 +34,17 @@ int dm_discover_all(const cli_opts *o, MPI_Comm comm, ck_layout *l, dm_state *d,
  *  prefix (d->prefix for the model). */
 int dm_open(const cli_opts *o, const ck_layout *l, const dm_state *d, const char *prefix, int k, size_t read_buffer,
             ptz_file **zip, ti_index *ix, fm_err *e);
+
+/* torchtitan / get_optimizer_state_dict: the optimizer under "optimizer" */
+#define DM_OPTIM_ENTRY "optimizer"
+#define DM_OPTIM_STATE "optimizer.state."
+
+/*! dm_open_optim() : data file k's optimizer tensor states of one or more
+ *  dims, keyed "<fqn>.<state>" (like the verl path's after naming). */
+int dm_open_optim(const cli_opts *o, const ck_layout *l, const dm_state *d, int k, ptz_file **zip, ti_index *ix, fm_err *e);
+
+/*! dm_optim_json() : optimizer_state.json (param groups, 0-d states). */
+int dm_optim_json(const cli_opts *o, const ck_layout *l, const dm_state *d, fm_buf *out, fm_err *e);
 
 void dm_free(dm_state *d);
 

@@ -66,3 +66,19 @@ elif grep -q "built without parallel HDF5" "$OUT_LOG"; then
 else
     fail "DCP --format both: $(tail -2 "$OUT_LOG")"
 fi
+
+# --optimizer: torchtitan's AdamW state (optimizer.state.<fqn>.exp_avg, ...) written like the verl path's
+for np in 4 3; do
+    out=$SCRATCH/opt-$np
+    if mpimerge $np "$FIX/dcp_titan_ws4" --output "$out" --optimizer --progress none; then
+        "$CHECK" "$out" "$FIX/dcp_titan_ws4/reference/full_fp32.pt" bfloat16 --adamw-step --optimizer \
+            | sed -E "s/^(OK|FAIL) /\1 titan --optimizer -np $np: /" > "$SCRATCH/res"
+        while read -r st msg; do [ "$st" = OK ] && pass "$msg" || fail "$msg"; done < "$SCRATCH/res"
+    else
+        fail "titan --optimizer -np $np: exit $?"; tail -3 "$OUT_LOG"
+    fi
+    rm -rf "$out"
+done
+mpimerge 2 "$FIX/dcp_accelerate_ws4" --output "$SCRATCH/noopt" --optimizer --progress none; rc=$?
+[ $rc -eq 5 ] && grep -q "holds no optimizer state ('optimizer.state.' keys)" "$OUT_LOG" && [ ! -e "$SCRATCH/noopt" ] \
+    && pass "--optimizer on a DCP folder without optimizer state: exit 5" || { fail "--optimizer without state: exit $rc"; tail -2 "$OUT_LOG"; }

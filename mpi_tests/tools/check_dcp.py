@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Compares a merged HuggingFace folder with a reference state dict, byte for byte.
 
-  check_dcp.py OUTPUT_DIR REFERENCE.pt DTYPE [--tied] [--adamw-step]
+  check_dcp.py OUTPUT_DIR REFERENCE.pt DTYPE [--tied] [--adamw-step [--optimizer]]
 
 REFERENCE.pt is a torch.save of the unsharded state dict (plain tensors, as the
 DCP fixtures' reference/full_fp32.pt). Every float tensor is converted with
@@ -11,7 +11,10 @@ read without the safetensors library. With --tied, a missing lm_head.weight
 is expected (tie_word_embeddings). With --adamw-step the reference is first
 taken one torch.optim.AdamW(lr=1e-3) step with grad = 0.01 * p: the
 dcp_titan_ws4 fixture saves its model after that step (make/torch26_dcp.py)
-but its full_fp32.pt before it. Prints one OK/FAIL line per check."""
+but its full_fp32.pt before it. With --optimizer, that step's AdamW state is
+also compared: optimizer/optimizer.safetensors ("<name>.exp_avg",
+"<name>.exp_avg_sq", fp32, byte for byte) and the step counts in
+optimizer/optimizer_state.json. Prints one OK/FAIL line per check."""
 import glob
 import json
 import struct
@@ -22,9 +25,9 @@ import torch
 DT = {"bfloat16": (torch.bfloat16, "BF16"), "float32": (torch.float32, "F32"), "float16": (torch.float16, "F16")}
 
 
-def read_safetensors(out):
+def read_safetensors(out, pattern="model*.safetensors"):
     tensors = {}
-    for path in sorted(glob.glob(f"{out}/model*.safetensors")):
+    for path in sorted(glob.glob(f"{out}/{pattern}")):
         with open(path, "rb") as f:
             data = f.read()
         (n,) = struct.unpack("<Q", data[:8])
@@ -36,6 +39,23 @@ def read_safetensors(out):
             b, e = meta["data_offsets"]
             tensors[name] = (meta["dtype"], meta["shape"], data[base + b:base + e], path)
     return tensors
+
+
+def check_optimizer(out, params, opt):
+    got = read_safetensors(f"{out}/optimizer", "optimizer.safetensors")
+    want = {}
+    for k, p in params.items():
+        for st in ("exp_avg", "exp_avg_sq"):
+            want[f"{k}.{st}"] = opt.state[p][st]
+    bad = [k for k, t in want.items() if k not in got or got[k][2] != t.contiguous().view(torch.uint8).numpy().tobytes()]
+    ok = not bad and sorted(got) == sorted(want)
+    print(("OK" if ok else "FAIL") + f" optimizer: {len(want)} AdamW states equal torch's, byte for byte"
+          + ("" if ok else f": {bad[:4]} {sorted(set(got) - set(want))[:4]}"))
+    state = json.load(open(f"{out}/optimizer/optimizer_state.json"))
+    steps = [state["state"].get(k, {}).get("step") for k in params]
+    names = state["param_groups"][0].get("params") if state.get("param_groups") else None
+    ok = all(s == 1 for s in steps) and names == list(params)
+    print(("OK" if ok else "FAIL") + " optimizer_state.json: step 1 for every parameter, param_groups name them in order")
 
 
 def main():
@@ -50,6 +70,8 @@ def main():
             p.grad = p.detach().clone() * 0.01
         opt.step()
         ref = {k: p.detach() for k, p in params.items()}
+        if "--optimizer" in sys.argv[4:]:
+            check_optimizer(out, params, opt)
     got = read_safetensors(out)
     expect = dict(ref)
     if tied:

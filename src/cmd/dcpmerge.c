@@ -7,6 +7,7 @@
 #include "base/comm.h"
 #include "base/util.h"
 #include "ckpt/dcpdir.h"
+#include "state/optimdcp.h"
 
 #define DM_MAX_METADATA ((size_t)1 << 30)
 
@@ -97,6 +98,32 @@ int dm_open(const cli_opts *o, const ck_layout *l, const dm_state *d, const char
 {
     int rc = dcp_file_index(&d->meta, l->actor_dir, k, prefix, o->no_crc ? PTZ_NO_CRC : 0, read_buffer, zip, ix, e);
     return rc ? fm_context(e, "data file %d", k) : 0;
+}
+
+/* 0-d states (step) go to optimizer_state.json, as on the verl path */
+static void drop_scalars(ti_index *ix)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < ix->n; i++) {
+        if (ix->entries[i].ndim == 0) ti_entry_free(&ix->entries[i]);
+        else ix->entries[k++] = ix->entries[i];
+    }
+    ix->n = k;
+}
+
+int dm_open_optim(const cli_opts *o, const ck_layout *l, const dm_state *d, int k, ptz_file **zip, ti_index *ix, fm_err *e)
+{
+    FM_TRY(dm_open(o, l, d, DM_OPTIM_STATE, k, 1u << 20, zip, ix, e));
+    drop_scalars(ix);
+    if (ix->n == 0 && k == 0) /* every file has every key (possibly without chunks) */
+        return fm_fail(e, FM_EUNSUPPORTED, "--optimizer: %s holds no optimizer state ('%s' keys)", l->actor_dir,
+                       DM_OPTIM_STATE);
+    return 0;
+}
+
+int dm_optim_json(const cli_opts *o, const ck_layout *l, const dm_state *d, fm_buf *out, fm_err *e)
+{
+    return odcp_state_json(&d->meta, l->actor_dir, DM_OPTIM_ENTRY, o->no_crc ? PTZ_NO_CRC : 0, out, e);
 }
 
 void dm_free(dm_state *d)

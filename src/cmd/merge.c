@@ -170,9 +170,8 @@ static int discover(run *r, fm_err *e)
 {
     const cli_opts *o = r->o;
     FM_TRY(dm_discover_all(o, r->comm, &r->layout, &r->dcp, e));
-    if (r->me == 0 && r->dcp.on && (o->shard_template || o->optimizer))
-        fm_fail(e, FM_EUNSUPPORTED, "%s: not supported for DCP checkpoints",
-                o->shard_template ? "--shard-template" : "--optimizer");
+    if (r->me == 0 && r->dcp.on && o->shard_template)
+        fm_fail(e, FM_EUNSUPPORTED, "--shard-template: not supported for DCP checkpoints");
     else if (r->me == 0 && r->dcp.on)
         ; /* dm_discover_all filled the layout */
     else if (r->me == 0 && o->shard_template)
@@ -544,7 +543,9 @@ static int open_optim(run *r, optrun *op, fm_err *e)
     op->zips = calloc((size_t)W, sizeof *op->zips);
     op->ix = calloc((size_t)W, sizeof *op->ix);
     if (op->zips == NULL || op->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    for (int k = r->me; k < W; k += r->nprocs) {
+    for (int k = r->me; k < W && r->dcp.on; k += r->nprocs)
+        FM_TRY(dm_open_optim(r->o, &r->layout, &r->dcp, k, &op->zips[k], &op->ix[k], e));
+    for (int k = r->me; k < W && !r->dcp.on; k += r->nprocs) {
         char *path = ck_rank_file(&r->layout, "optim", k);
         int64_t np = 0;
         if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
@@ -565,8 +566,9 @@ static int open_optim(run *r, optrun *op, fm_err *e)
 
 static int plan_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
 {
-    MPI_Bcast(&op->nparams, 1, MPI_INT64_T, 0, r->comm);
-    FM_TRY(op_name_states(op->ix, r->layout.world_size, &r->ix[0], r->pl.dropped_key, op->nparams, &op->names, warning,
+    if (!r->dcp.on) MPI_Bcast(&op->nparams, 1, MPI_INT64_T, 0, r->comm);
+    if (!r->dcp.on) /* DCP keys are named already */
+        FM_TRY(op_name_states(op->ix, r->layout.world_size, &r->ix[0], r->pl.dropped_key, op->nparams, &op->names, warning,
                           wlen, e));
     plan_opts po = {.world_size = r->layout.world_size, .nprocs = r->nprocs, .out_dtype = DT_INVALID,
                     .max_shard_size = UINT64_MAX, .plain = r->o->plain, .file_stem = "optimizer", .no_metadata = true};
@@ -593,7 +595,8 @@ static int optimizer_phase(run *r, fm_err *e)
     xf_stats xs;
     if (rc == 0) rc = run_engine(r, &op.pl, op.zips, op.dir, false, &xs, e);
     fm_buf json = {0};
-    if (rc == 0 && r->me == 0) op_state_json(op.zips[0], op.names, op.nparams, &json, e);
+    if (rc == 0 && r->me == 0)
+        r->dcp.on ? dm_optim_json(r->o, &r->layout, &r->dcp, &json, e) : op_state_json(op.zips[0], op.names, op.nparams, &json, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
     if (rc == 0) rc = comm_write_at_writer_all(json.data, json.len, 0, r->writer, op.dir, "optimizer_state.json", r->comm, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
