@@ -185,8 +185,8 @@ static int discover(run *r, fm_err *e)
     MPI_Bcast(ints, 2, MPI_INT, 0, r->comm);
     r->layout.world_size = ints[0];
     r->layout.fsdp_version = ints[1];
-    FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e));
-    FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
+    if (!r->dcp.on) FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e)); /* DCP: every process has them */
+    if (!r->dcp.on) FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
     FM_TRY(bcast_str(&r->layout.shard_template, 0, r->comm, e));
     if (r->nprocs > r->layout.world_size)
         return fm_fail(e, FM_EUSAGE, "%d processes for a checkpoint of world size %d: run at most -np %d",
