@@ -82,3 +82,19 @@ done
 mpimerge 2 "$FIX/dcp_accelerate_ws4" --output "$SCRATCH/noopt" --optimizer --progress none; rc=$?
 [ $rc -eq 5 ] && grep -q "holds no optimizer state ('optimizer.state.' keys)" "$OUT_LOG" && [ ! -e "$SCRATCH/noopt" ] \
     && pass "--optimizer on a DCP folder without optimizer state: exit 5" || { fail "--optimizer without state: exit $rc"; tail -2 "$OUT_LOG"; }
+
+# --hf-config naming an original model folder (with weights, an index, sub-folders): only its side files are copied
+mkdir -p "$SCRATCH/orig/sub"
+cp "$FIX/dcp_accelerate_ws4/huggingface/config.json" "$SCRATCH/orig/"
+echo '{"x": 1}' > "$SCRATCH/orig/tokenizer_config.json"
+echo junk > "$SCRATCH/orig/model.safetensors"; echo '{}' > "$SCRATCH/orig/model.safetensors.index.json"
+echo junk > "$SCRATCH/orig/pytorch_model.bin"; echo junk > "$SCRATCH/orig/sub/x"
+out=$SCRATCH/origcfg
+if mpimerge 2 "$FIX/dcp_accelerate_ws4" --output "$out" --hf-config "$SCRATCH/orig" --dtype float32 --progress none \
+    && [ -f "$out/tokenizer_config.json" ] && [ ! -e "$out/pytorch_model.bin" ] && [ ! -e "$out/sub" ] \
+    && [ ! -e "$out/model.safetensors.index.json" ] \
+    && ! "$CHECK" "$out" "$FIX/dcp_accelerate_ws4/reference/full_fp32.pt" float32 | grep -q FAIL; then
+    pass "--hf-config of a model folder: tokenizer copied, its weights/index/sub-folders not; weights byte-equal"
+else
+    fail "--hf-config of a model folder: $(ls "$out" 2>&1 | tr '\n' ' ')"; tail -2 "$OUT_LOG"
+fi

@@ -494,7 +494,7 @@ static int write_side_files(run *r, fm_err *e)
         free(path);
         free(text);
         FM_TRY(rc);
-        bool in_actor = strcmp(r->layout.hf_dir, r->layout.actor_dir) == 0;
+        bool in_actor = strcmp(r->layout.hf_dir, r->layout.actor_dir) == 0 || r->dcp.on; /* DCP: maybe a model folder */
         FM_TRY(in_actor ? hf_copy_assets_from_actor(r->layout.hf_dir, dir, &copied, e)
                         : hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
     }
