@@ -2,8 +2,10 @@
 # bench.sh - memory and throughput of fsdpmerge against the storage's floor.
 #
 # For each model shape (BENCH_MODELS, default: the Qwen2.5-0.5B and -3B
-# shapes, fp32, world size 4) it synthesizes a checkpoint in BENCH_DIR and
-# measures, in the same run:
+# shapes, fp32, world size 4) and checkpoint layout (BENCH_LAYOUTS: verl
+# rank files, and dcp: a torch.distributed.checkpoint folder as accelerate
+# writes it, rows named MODEL-dcp) it synthesizes a checkpoint in BENCH_DIR
+# and measures, in the same run:
 #   - the I/O floor: reading every shard file once (cat > /dev/null, after a
 #     warm-up read: the merge reads from the same page cache) plus writing
 #     the output's number of bytes with fsync (dd conv=fsync, through the page
@@ -25,6 +27,7 @@ BENCH_DIR=${BENCH_DIR:-/tmp/fsdpmerge-bench}
 BENCH_MODELS=${BENCH_MODELS:-"qwen2.5-0.5b qwen2.5-3b"}
 BENCH_NPS=${BENCH_NPS:-"1 2 4"}
 BENCH_MODES=${BENCH_MODES:-"gather direct hdf5"} # hdf5: --format hdf5 (parallel HDF5, model.h5)
+BENCH_LAYOUTS=${BENCH_LAYOUTS:-"verl dcp"}
 BENCH_EXTRA=${BENCH_EXTRA:-}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
 W=4
@@ -40,8 +43,26 @@ secs() { calc "$2 - $1"; }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-floor_once() { # model dir, output bytes -> "read write" seconds
-    local files=("$1"/global_step_1/actor/model_world_size_${W}_rank_*.pt)
+# A case is a model shape in one layout: "qwen2.5-3b" (verl) or "qwen2.5-3b-dcp".
+is_dcp() { [[ $1 == *-dcp ]]; }
+shard_files() { # case dir -> the files a merge reads
+    if is_dcp "$1"; then ls "$2"/pytorch_model_fsdp_0/.metadata "$2"/pytorch_model_fsdp_0/__*_0.distcp
+    else ls "$2"/global_step_1/actor/model_world_size_${W}_rank_*.pt; fi
+}
+ckpt_of() { # case dir -> what to name on the fsdpmerge command line
+    if is_dcp "$1"; then echo "$2"; else echo "$2/global_step_1"; fi
+}
+CASES=()
+for model in $BENCH_MODELS; do
+    for layout in $BENCH_LAYOUTS; do
+        if [ "$layout" = dcp ]; then CASES+=("$model-dcp"); else CASES+=("$model"); fi
+    done
+done
+
+floor_once() { # case dir, output bytes -> "read write" seconds
+    local files
+    mapfile -t files < <(shard_files "$1" "$2")
+    shift
     sync
     local t0 t1 t2
     t0=$(now)
@@ -61,11 +82,11 @@ floor_once() { # model dir, output bytes -> "read write" seconds
     echo "$(secs "$t0" "$t1") $(secs "$t1" "$t2") $(secs "$t3" "$t4")"
 }
 
-floor_of() { # the median of BENCH_REPEAT floors (after a warm-up read: the merge reads from the page cache too)
-    cat "$1"/global_step_1/actor/model_world_size_${W}_rank_*.pt > /dev/null
+floor_of() { # case dir bytes: the median of BENCH_REPEAT floors (after a warm-up read: the merge reads from the page cache too)
+    shard_files "$1" "$2" | xargs cat > /dev/null
     local i reads=() writes=() directs=()
     for ((i = 0; i < BENCH_REPEAT; i++)); do
-        read -r r w d < <(floor_once "$1" "$2")
+        read -r r w d < <(floor_once "$1" "$2" "$3")
         reads+=("$r")
         writes+=("$w")
         directs+=("$d")
@@ -82,24 +103,26 @@ merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_D
     # shellcheck disable=SC2086
     local how=(--mode "$3")
     [ "$3" = hdf5 ] && how=(--format hdf5)
-    mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$BENCH_DIR/$1/global_step_1" --output "$out" \
+    mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$(ckpt_of "$1" "$BENCH_DIR/$1")" --output "$out" \
         "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA
     t1=$(now)
     rm -rf "$out"
     secs "$t0" "$t1"
 }
 
-for model in $BENCH_MODELS; do
+for model in "${CASES[@]}"; do
     ck=$BENCH_DIR/$model
-    if [ ! -f "$ck/global_step_1/actor/model_world_size_${W}_rank_0.pt" ]; then
+    if ! shard_files "$model" "$ck" > /dev/null 2>&1; then
         echo "== synthesizing $model (world size $W) in $ck"
         rm -rf "$ck"
-        mpirun -np $W bin/fsdpsynth --out "$ck" --world-size $W --model "$model" > /dev/null
+        dcp=()
+        is_dcp "$model" && dcp=(--dcp accelerate)
+        mpirun -np $W bin/fsdpsynth --out "$ck" --world-size $W --model "${model%-dcp}" "${dcp[@]}" > /dev/null
     fi
-    in_bytes=$(cat "$ck"/global_step_1/actor/model_world_size_${W}_rank_*.pt | wc -c)
+    in_bytes=$(shard_files "$model" "$ck" | xargs cat | wc -c)
     # output bytes: a bf16 merge is about half the fp32 input; measured after the first run
     out_bytes=$(( in_bytes / 2 ))
-    read -r t_read t_write t_direct < <(floor_of "$ck" "$out_bytes")
+    read -r t_read t_write t_direct < <(floor_of "$model" "$ck" "$out_bytes")
     floor=$(calc "$t_read + $t_write")
     dfloor=$(calc "$t_read + $t_direct")
     printf '== %s: %.2f GB of shards; floor %.2f s (read %.2f s, write+fsync %.2f s); device floor (O_DIRECT write) %.2f s\n' \
@@ -127,9 +150,9 @@ done
 # ---- targets ----
 echo
 status=0
-for model in $BENCH_MODELS; do
+for model in "${CASES[@]}"; do
     limit=1.5
-    [ "$model" = qwen2.5-3b ] && limit=1.25
+    [ "${model%-dcp}" = qwen2.5-3b ] && limit=1.25
     best=$(awk -F'\t' -v m="$model" '$1 == m { print $6 }' "$DATA" | sort -n | head -1)
     met=$(calc "$best <= $limit")
     printf 'target %-14s wall time at the best process count <= %.2fx floor: %.2fx  %s\n' "$model" "$limit" "$best" \
@@ -153,12 +176,12 @@ if command -v gnuplot > /dev/null; then
 set terminal pngcairo size 1100,420 font ",10"
 set output "docs/bench.png"
 set datafile separator "\t"
-set multiplot layout 1,2 title "fsdpmerge: ${BENCH_MODELS} (fp32 shards, world size $W, bf16 output)"
+set multiplot layout 1,2 title "fsdpmerge: ${CASES[*]} (fp32 shards, world size $W, bf16 output)"
 set xlabel "processes"; set ylabel "wall time / I/O floor"; set key top right; set xtics (1,2,4); set grid
-plot for [m in "${BENCH_MODELS}"] for [mode in "${BENCH_MODES}"] \
+plot for [m in "${CASES[*]}"] for [mode in "${BENCH_MODES}"] \
   "< awk -F'\\t' '\$1==\"".m."\" && \$2==\"".mode."\"' $DATA" using 3:6 with linespoints title m." ".mode
 set ylabel "peak RSS per process (MiB)"; set yrange [0:300]
-plot for [m in "${BENCH_MODELS}"] for [mode in "${BENCH_MODES}"] \
+plot for [m in "${CASES[*]}"] for [mode in "${BENCH_MODES}"] \
   "< awk -F'\\t' '\$1==\"".m."\" && \$2==\"".mode."\"' $DATA" using 3:(\$8/1024) with linespoints title m." ".mode, \
   256 with lines dt 2 lc rgb "red" title "256 MiB target"
 unset multiplot

@@ -61,6 +61,9 @@ typedef struct cli_opts {
     double lora_alpha;
     bool have_lora_alpha;
     int lora_rank;            /* 0 = from the config */
+    /* DCP checkpoints */
+    const char *dcp_key;      /* entry of a nested state dict; NULL = model / flat */
+    const char *hf_config;    /* folder with config.json; NULL = huggingface/ next to it */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

@@ -48,8 +48,9 @@ int hf_config_rewrite(const char *text, size_t len, const char *dtype_name, cons
  *  files copied (may be NULL). */
 int hf_copy_assets(const char *src_dir, const char *dst_dir, int *copied, fm_err *e);
 /*! hf_copy_assets_from_actor() : the same for the older verl layout whose
- *  HuggingFace files sit in the actor folder next to the checkpoint: only
- *  top-level files, and not the *.pt files nor fsdp_config.json. */
+ *  HuggingFace files sit in the actor folder next to the checkpoint (and for
+ *  a DCP checkpoint's config folder): only top-level files, and not weights
+ *  (*.pt, *.bin, *.safetensors, *.index.json, ...) nor fsdp_config.json. */
 int hf_copy_assets_from_actor(const char *actor_dir, const char *dst_dir, int *copied, fm_err *e);
 
 typedef struct hf_index_entry {

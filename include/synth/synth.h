@@ -143,6 +143,12 @@ void syn_fill(const syn_tensor *t, uint64_t g0, size_t n, float *out);
  *  and the expected folders. Run once (process 0) before the rest. */
 int syn_write_meta(syn_ctx *c, fm_err *e);
 
+/*! syn_write_hf_dir() : config.json, generation and tokenizer configs in dir
+ *  (created). syn_make_expected_dirs() : the expected output folders. Both
+ *  are parts of syn_write_meta(), for the DCP layout (synthdcp.h). */
+int syn_write_hf_dir(const syn_ctx *c, const char *dir, fm_err *e);
+int syn_make_expected_dirs(const syn_ctx *c, fm_err *e);
+
 /*! syn_rank_pickle() : appends rank r's data.pkl to out (for tests). */
 int syn_rank_pickle(syn_ctx *c, int rank, fm_buf *out, fm_err *e);
 

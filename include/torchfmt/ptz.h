@@ -91,4 +91,30 @@ size_t ptz_buffer_size(const ptz_file *f);
 /*! ptz_crc32() : CRC-32 (zip/zlib polynomial) of a buffer, continuing crc. */
 uint32_t ptz_crc32(uint32_t crc, const void *p, size_t n);
 
+/* ---- archives inside a larger file ----------------------------------------
+ * torch.distributed.checkpoint writes each tensor chunk as a complete
+ * torch.save archive at [offset, offset+length) of a .distcp file. */
+
+typedef struct ptz_item {
+    uint64_t offset, length;
+} ptz_item;
+
+/*! ptz_open_at() : opens the archive at [offset, offset+length) of path as
+ *  ptz_open() opens a file (offsets inside it are relative to offset). */
+int ptz_open_at(const char *path, unsigned flags, size_t read_buffer, uint64_t offset, uint64_t length, ptz_file **out,
+                fm_err *e);
+
+/*! ptz_open_items() : opens the n archives items[] of path as ONE ptz_file
+ *  (one fd, one read buffer) whose records are named "<offset>/<name>",
+ *  e.g. "4096/data/0" (offset in decimal, name relative to the item's
+ *  prefix). Each item is checked as ptz_open() checks a file; errors name
+ *  the item's byte range. */
+int ptz_open_items(const char *path, unsigned flags, size_t read_buffer, const ptz_item *items, size_t n, ptz_file **out,
+                   fm_err *e);
+
+/*! ptz_scope() : makes lookups (ptz_find, ptz_read_record, ptz_rec_open)
+ *  resolve names inside the item at item_offset, so that a tensor parser
+ *  can read "data.pkl" and "data/0" of that item; UINT64_MAX ends it. */
+int ptz_scope(ptz_file *f, uint64_t item_offset, fm_err *e);
+
 #endif

@@ -27,6 +27,12 @@ typedef struct ptzw ptzw;
  *  writes nothing until the first entry. */
 int ptzw_create(const char *path, const char *prefix, ptzw **out, fm_err *e);
 
+/*! ptzw_append() : like ptzw_create(), but the archive is appended to path
+ *  (created when absent), as torch.distributed.checkpoint writes its items
+ *  one after the other into a .distcp file; offsets inside the archive are
+ *  relative to its start. ptzw_abort() truncates the file back. */
+int ptzw_append(const char *path, const char *prefix, ptzw **out, fm_err *e);
+
 /*! ptzw_add() : one whole entry; name relative to the prefix ("data.pkl"). */
 int ptzw_add(ptzw *w, const char *name, const void *data, size_t len, fm_err *e);
 

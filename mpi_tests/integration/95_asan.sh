@@ -32,6 +32,12 @@ run "direct, Shard(1), --optimizer, 64KiB buffers, -np 3" 0 3 "$FIX/fsdp2_ws4_sh
 run "--format both, cuda RNG states" 0 2 "$FIX/fsdp2_ws2_cudarng/global_step_1" --format both
 run "uneven bf16, empty shards, -np 4" 0 4 "$FIX/fsdp2_ws8_uneven_bf16/global_step_1" --mode gather --buffer-size 64KiB
 run "HSDP replicas" 0 4 "$FM_ROOT/mpi_tests/fixtures/fsdp2_hsdp_ws4/global_step_1" --optimizer
+run "DCP titan (nested, objects skipped), -np 3, gather" 0 3 "$FIX/dcp_titan_ws4" --mode gather
+run "DCP torch 2.14, direct, 64KiB buffers, --format both" 0 4 "$FIX/dcp214_accelerate_ws4" --mode direct --buffer-size 64KiB --format both
+rm -rf "$SCRATCH/dcp"; cp -r "$FIX/dcp_accelerate_ws4" "$SCRATCH/dcp"; chmod -R u+w "$SCRATCH/dcp"
+truncate -s -100 "$SCRATCH/dcp/pytorch_model_fsdp_0/__2_0.distcp"
+run "DCP: a truncated .distcp file (error path)" 4 4 "$SCRATCH/dcp"
+run "DCP --optimizer (objects read as JSON), -np 3" 0 3 "$FIX/dcp_titan_ws4" --optimizer
 rm -rf "$SCRATCH/ck"; cp -r "$FIX/fsdp2_ws4_tied/global_step_1" "$SCRATCH/ck"; chmod -R u+w "$SCRATCH/ck"
 f=$SCRATCH/ck/actor/model_world_size_4_rank_2.pt
 off=$(python3 "$FM_ROOT/mpi_tests/tools/zipedit.py" offset "$f" data/0)

@@ -12,7 +12,8 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT, OPT_MAN, OPT_LORA, OPT_LORA_NAME, OPT_LORA_ALPHA, OPT_LORA_RANK
+    OPT_FORMAT, OPT_MAN, OPT_LORA, OPT_LORA_NAME, OPT_LORA_ALPHA, OPT_LORA_RANK,
+    OPT_DCPKEY, OPT_HFCONFIG
 };
 
 typedef struct opt_spec {
@@ -81,6 +82,12 @@ static const opt_spec SPECS[] = {
     {"lora-alpha", 0, required_argument, OPT_LORA_ALPHA, "X",
      "LoRA alpha, when neither actor/lora_adapter/adapter_config.json nor lora_train_meta.json gives it (overrides them)"},
     {"lora-rank", 0, required_argument, OPT_LORA_RANK, "N", "LoRA rank r (default: from the config or lora_A's rows)"},
+    {"dcp-key", 0, required_argument, OPT_DCPKEY, "NAME",
+     "DCP checkpoints: the entry of the nested state dict holding the model (default: model, or the flat state "
+     "dict)"},
+    {"hf-config", 0, required_argument, OPT_HFCONFIG, "DIR",
+     "DCP checkpoints: folder with config.json and the tokenizer (default: a huggingface/ folder next to the "
+     "checkpoint)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
     {"man", 0, no_argument, OPT_MAN, NULL, "print this help as a manual page (roff), as installed in fsdpmerge.1"},
@@ -93,9 +100,12 @@ static const char *const USAGE[] = {
     "mpirun -np W fsdpmerge CKPT [--output OUT] [--actor-dir actor] [--dtype bfloat16]",
     "fsdpmerge CKPT                      (one process; output CKPT_merged)",
     "fsdpmerge inspect FILE.pt [--json] [--values N]",
+    "fsdpmerge inspect DCP_FOLDER/.metadata | FILE.distcp[@OFFSET]",
 };
 static const char SUMMARY[] = "merge a sharded FSDP checkpoint into one HuggingFace model, with MPI";
 static const char DESCRIPTION[] =
+    "CKPT is a verl checkpoint (global_step_N or its actor folder) or a torch.distributed.checkpoint folder "
+    "(.metadata and *.distcp: accelerate's pytorch_model_fsdp_0, torchtitan's step-N, or above). "
     "Run one process per original rank (-np W, the world size of the checkpoint) or fewer: "
     "process p then reads ranks p, p+P, ...";
 static const char EXIT_CODES[] = "0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree, "
@@ -286,6 +296,8 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
         return 0;
     }
     case OPT_LORA_RANK: return parse_int(arg, 1, 1000000, "--lora-rank", &o->lora_rank, e);
+    case OPT_DCPKEY: o->dcp_key = arg; return 0;
+    case OPT_HFCONFIG: o->hf_config = arg; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     case OPT_MAN: o->command = CLI_MAN; return 0;

@@ -10,6 +10,7 @@
 #include "torchfmt/pyjson.h"
 #include "torchfmt/tindex.h"
 #include "base/util.h"
+#include "cmd/inspectdcp.h"
 
 #define MAX_TEXT_DEPTH 8
 
@@ -164,7 +165,7 @@ static void print_value(ins *s, const pkl_value *v, int depth)
 
 static int load(const char *path, ptz_file **zip, pkl_doc **doc, pkl_value **root, fm_err *e)
 {
-    FM_TRY(ptz_open(path, 0, 0, zip, e));
+    FM_TRY(ind_open(path, zip, e)); /* a .pt file, or a DCP item FILE.distcp@OFFSET */
     uint8_t *buf;
     size_t len;
     FM_TRY(ptz_read_record(*zip, "data.pkl", 1u << 30, &buf, &len, e));
@@ -179,6 +180,7 @@ int ins_run(const cli_opts *o, FILE *out, fm_err *e)
     ptz_file *zip = NULL;
     pkl_doc *doc = NULL;
     pkl_value *root = NULL;
+    if (ind_listing(o->inspect_file)) return ind_run(o, out, e);
     int rc = load(o->inspect_file, &zip, &doc, &root, e);
     if (rc == 0 && o->json) {
         pj_opts po = {zip, rank_from_name(o->inspect_file), o->values, false, pkl_doc_node_count(doc)};

@@ -23,6 +23,7 @@
 #include "engine/xfer.h"
 #include "cmd/lorarun.h"
 #include "engine/lorax.h"
+#include "cmd/dcpmerge.h"
 
 #define RULE "======================================================================"
 
@@ -48,6 +49,7 @@ typedef struct run {
     rp_times times;
     xf_stats xs;
     lrun lora;              /* a PEFT LoRA checkpoint (cmd/lorarun.h) */
+    dm_state dcp;           /* a DCP checkpoint (dcp.on) */
 } run;
 
 static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -170,7 +172,12 @@ static int make_info(run *r, fm_err *e)
 static int discover(run *r, fm_err *e)
 {
     const cli_opts *o = r->o;
-    if (r->me == 0 && o->shard_template)
+    FM_TRY(dm_discover_all(o, r->comm, &r->layout, &r->dcp, e));
+    if (r->me == 0 && r->dcp.on && o->shard_template)
+        fm_fail(e, FM_EUNSUPPORTED, "--shard-template: not supported for DCP checkpoints");
+    else if (r->me == 0 && r->dcp.on)
+        ; /* dm_discover_all filled the layout */
+    else if (r->me == 0 && o->shard_template)
         ck_discover_template(o->checkpoint, o->actor_dir, o->shard_template, o->world_size, &r->layout, e);
     else if (r->me == 0)
         ck_discover(o->checkpoint, o->actor_dir, o->world_size, &r->layout, e);
@@ -181,8 +188,8 @@ static int discover(run *r, fm_err *e)
     MPI_Bcast(ints, 2, MPI_INT, 0, r->comm);
     r->layout.world_size = ints[0];
     r->layout.fsdp_version = ints[1];
-    FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e));
-    FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
+    if (!r->dcp.on) FM_TRY(bcast_str(&r->layout.actor_dir, 0, r->comm, e)); /* DCP: every process has them */
+    if (!r->dcp.on) FM_TRY(bcast_str(&r->layout.hf_dir, 0, r->comm, e));
     FM_TRY(bcast_str(&r->layout.shard_template, 0, r->comm, e));
     if (r->nprocs > r->layout.world_size)
         return fm_fail(e, FM_EUSAGE, "%d processes for a checkpoint of world size %d: run at most -np %d",
@@ -214,7 +221,10 @@ static void banner(run *r)
                                 : r->o->format == CLI_FORMAT_BOTH ? "safetensors and hdf5 (model.h5)" : "safetensors");
     say(r, "Processes:     %d%s, writer: process %d\nMode:          %s\n" RULE "\n", r->nprocs,
         r->nprocs == W ? " (one per rank)" : "", r->writer, r->why);
-    if (r->layout.fsdp_version)
+    if (r->dcp.on)
+        say(r, "\xe2\x9c\x93 Detected a torch.distributed.checkpoint folder: %d data files, %zu keys%s%s%s\n\n", W,
+            r->dcp.meta.n, r->dcp.prefix[0] ? " (model: the '" : "", r->dcp.prefix, r->dcp.prefix[0] ? "' keys)" : "");
+    else if (r->layout.fsdp_version)
         say(r, "\xe2\x9c\x93 Detected world_size=%d from checkpoint (fsdp_config.json, FSDP%d)\n\n", W,
             r->layout.fsdp_version);
     else
@@ -280,6 +290,11 @@ static int open_mine(run *r, fm_err *e)
     r->ix = calloc((size_t)W, sizeof *r->ix);
     if (r->zips == NULL || r->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     for (int k = r->me; k < W; k += r->nprocs) {
+        if (r->dcp.on) {
+            FM_TRY(dm_open(r->o, &r->layout, &r->dcp, r->dcp.prefix, k, rbuf, &r->zips[k], &r->ix[k], e));
+            FM_TRY(hash_pieces(r, &r->ix[k], r->zips[k], e));
+            continue;
+        }
         char *path = ck_rank_file(&r->layout, "model", k);
         if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
         int rc = ptz_open(path, r->o->no_crc ? PTZ_NO_CRC : 0, rbuf, &r->zips[k], e);
@@ -492,7 +507,7 @@ static int write_side_files(run *r, fm_err *e)
         free(path);
         free(text);
         FM_TRY(rc);
-        bool in_actor = strcmp(r->layout.hf_dir, r->layout.actor_dir) == 0;
+        bool in_actor = strcmp(r->layout.hf_dir, r->layout.actor_dir) == 0 || r->dcp.on; /* DCP: maybe a model folder */
         FM_TRY(in_actor ? hf_copy_assets_from_actor(r->layout.hf_dir, dir, &copied, e)
                         : hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
     }
@@ -542,6 +557,7 @@ static int adapter_phase(run *r, fm_err *e)
 static int training_state(run *r, fm_err *e)
 {
     es_result res;
+    if (r->dcp.on) return 0; /* a DCP folder's train_state is not a verl extra_state */
     say(r, "\nMerging extra_state files...\n");
     FM_TRY(es_merge_all(&r->layout, r->tmpdir, r->writer, r->o->no_crc, r->comm, &res, e));
     if (!res.present) {
@@ -572,7 +588,9 @@ static int open_optim(run *r, optrun *op, fm_err *e)
     op->zips = calloc((size_t)W, sizeof *op->zips);
     op->ix = calloc((size_t)W, sizeof *op->ix);
     if (op->zips == NULL || op->ix == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    for (int k = r->me; k < W; k += r->nprocs) {
+    for (int k = r->me; k < W && r->dcp.on; k += r->nprocs)
+        FM_TRY(dm_open_optim(r->o, &r->layout, &r->dcp, k, &op->zips[k], &op->ix[k], e));
+    for (int k = r->me; k < W && !r->dcp.on; k += r->nprocs) {
         char *path = ck_rank_file(&r->layout, "optim", k);
         int64_t np = 0;
         if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
@@ -593,8 +611,9 @@ static int open_optim(run *r, optrun *op, fm_err *e)
 
 static int plan_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
 {
-    MPI_Bcast(&op->nparams, 1, MPI_INT64_T, 0, r->comm);
-    FM_TRY(op_name_states(op->ix, r->layout.world_size, &r->ix[0], r->pl.dropped_key, op->nparams, &op->names, warning,
+    if (!r->dcp.on) MPI_Bcast(&op->nparams, 1, MPI_INT64_T, 0, r->comm);
+    if (!r->dcp.on) /* DCP keys are named already */
+        FM_TRY(op_name_states(op->ix, r->layout.world_size, &r->ix[0], r->pl.dropped_key, op->nparams, &op->names, warning,
                           wlen, e));
     plan_opts po = {.world_size = r->layout.world_size, .nprocs = r->nprocs, .out_dtype = DT_INVALID,
                     .max_shard_size = UINT64_MAX, .plain = r->o->plain, .file_stem = "optimizer", .no_metadata = true};
@@ -621,7 +640,8 @@ static int optimizer_phase(run *r, fm_err *e)
     xf_stats xs;
     if (rc == 0) rc = run_engine(r, &op.pl, op.zips, op.dir, false, &xs, e);
     fm_buf json = {0};
-    if (rc == 0 && r->me == 0) op_state_json(op.zips[0], op.names, op.nparams, &json, e);
+    if (rc == 0 && r->me == 0)
+        r->dcp.on ? dm_optim_json(r->o, &r->layout, &r->dcp, &json, e) : op_state_json(op.zips[0], op.names, op.nparams, &json, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
     if (rc == 0) rc = comm_write_at_writer_all(json.data, json.len, 0, r->writer, op.dir, "optimizer_state.json", r->comm, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
@@ -652,6 +672,9 @@ static int finalize(run *r, fm_err *e)
     FM_TRY(comm_agree_all(e, r->comm));
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
                        r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
+    else if (r->dcp.on)
+        say(r, "  note: no config.json (--hf-config DIR, or a huggingface/ folder next to the checkpoint): the output "
+            "holds the weights only\n");
     else say(r, "  warning: no config.json found next to the shards: the output holds the weights only\n");
     say(r, "\xe2\x9c\x93 Model saved successfully\n");
     return 0;
@@ -683,6 +706,7 @@ static void cleanup(run *r)
     plan_free(&r->pl);
     lrun_free(&r->lora);
     ck_layout_free(&r->layout);
+    dm_free(&r->dcp);
 }
 
 int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)

@@ -316,10 +316,16 @@ typedef struct copy_ctx {
 } copy_ctx;
 
 /* In an actor folder, the HuggingFace files sit next to the checkpoint:
- * leave the rank files, fsdp_config.json and sub-folders (lora_adapter/...). */
+ * leave the rank files, fsdp_config.json and sub-folders (lora_adapter/...),
+ * and weights of any format (a DCP checkpoint's config may come from the
+ * original model folder, --hf-config, or the HF Trainer's checkpoint-N). */
 static bool skip_in_actor(const char *name, bool is_dir)
 {
-    return is_dir || fm_ends_with(name, ".pt") || strcmp(name, "fsdp_config.json") == 0;
+    static const char *weights[] = {".pt", ".pth", ".bin", ".safetensors", ".h5", ".msgpack", ".gguf", ".distcp",
+                                    ".index.json", ".metadata"};
+    for (size_t i = 0; i < FM_ARRAY_LEN(weights); i++)
+        if (fm_ends_with(name, weights[i])) return true;
+    return is_dir || strcmp(name, "fsdp_config.json") == 0;
 }
 
 static int copy_tree(copy_ctx *c, const char *src, const char *dst, int depth);

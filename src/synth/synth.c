@@ -1298,11 +1298,22 @@ int syn_write_meta(syn_ctx *c, fm_err *e)
 {
     char *hf = fm_path_join(c->actor, "huggingface");
     if (hf == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    int rc = fm_mkdir_p(hf, e);
-    if (rc == 0) rc = syn_write_hf(c, hf, e);
+    int rc = syn_write_hf_dir(c, hf, e);
     if (rc == 0) rc = syn_write_verl(c, e);
     if (rc == 0) rc = syn_write_lora_config(c, e);
     free(hf);
+    return rc ? rc : syn_make_expected_dirs(c, e);
+}
+
+int syn_write_hf_dir(const syn_ctx *c, const char *dir, fm_err *e)
+{
+    FM_TRY(fm_mkdir_p(dir, e));
+    return syn_write_hf(c, dir, e);
+}
+
+int syn_make_expected_dirs(const syn_ctx *c, fm_err *e)
+{
+    int rc = 0;
     for (size_t j = 0; j < c->njobs && rc == 0; j++) {
         if (c->jobs[j].file != 0) continue;
         char *d = fm_asprintf("%s/%s", c->o.expected, syn_dt_dir(c->jobs[j].dtype));

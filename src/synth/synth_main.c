@@ -16,12 +16,14 @@
 #include "base/comm.h"
 #include "base/err.h"
 #include "synth/synth.h"
+#include "synth/synthdcp.h"
 #include "base/util.h"
 
 enum {
     O_OUT = 256, O_WORLD, O_MODEL, O_VOCAB, O_HIDDEN, O_INTER, O_LAYERS, O_HEADS, O_KV, O_TIED, O_UNTIED, O_CRITIC,
     O_DTYPE, O_PLACE, O_SEED, O_STEP, O_EXPECTED, O_EXP_DT, O_EXP_SHARD, O_SUBDIR, O_FAULT, O_BUFFER, O_QUIET, O_HELP,
-    O_LORA, O_LALPHA, O_LTARGETS, O_LADAPTERS, O_LCONFIG, O_LRANKPAT, O_LALPHAPAT, O_LRSLORA, O_LFAN, O_LDORA
+    O_LORA, O_LALPHA, O_LTARGETS, O_LADAPTERS, O_LCONFIG, O_LRANKPAT, O_LALPHAPAT, O_LRSLORA, O_LFAN, O_LDORA,
+    O_DCP, O_DCP_CHUNKS, O_DCP_HSDP, O_DCP_FAULT
 };
 
 typedef struct opt_spec {
@@ -66,6 +68,13 @@ static const opt_spec SPECS[] = {
     {"lora-rslora", no_argument, O_LRSLORA, NULL, "use_rslora (scaling alpha/sqrt(r))"},
     {"lora-fan-in-fan-out", no_argument, O_LFAN, NULL, "fan_in_fan_out: target weights stored [in, out]"},
     {"lora-dora", no_argument, O_LDORA, NULL, "add DoRA magnitude vectors (the merger must refuse them)"},
+    {"dcp", required_argument, O_DCP, "LAYOUT",
+     "write a torch.distributed.checkpoint folder instead: accelerate (DIR/pytorch_model_fsdp_0), titan "
+     "(DIR/step-N) or flat (DIR/dcp); one __F_0.distcp per rank"},
+    {"dcp-chunks", required_argument, O_DCP_CHUNKS, "MODE", "DCP chunking: shard0 (default, torch.chunk on dim 0) or 2d"},
+    {"dcp-hsdp", required_argument, O_DCP_HSDP, "R", "DCP: R replica groups, each chunk stored once (default 1)"},
+    {"dcp-fault", required_argument, O_DCP_FAULT, "KIND",
+     "DCP: missing-file:F, truncate:F, metadata, overlap, gap or transform"},
     {"quiet", no_argument, O_QUIET, NULL, "print errors only (also -q)"},
     {"help", no_argument, O_HELP, NULL, "show this help (also -h)"},
 };
@@ -88,6 +97,7 @@ typedef struct cli {
     int64_t dims[6];  /* vocab, hidden, intermediate, layers, heads, kv-heads; -1 = preset */
     int tied;         /* -1 preset, 0 untied, 1 tied */
     bool critic, quiet, help;
+    syd_opts dcp;     /* layout SYD_NONE: a verl checkpoint */
 } cli;
 
 static const char *spec_name(int id)
@@ -189,6 +199,10 @@ static int parse_one(cli *c, int id, const char *arg, fm_err *e)
     case O_LDORA: o->lora_dora = true; return 0;
     case O_QUIET: c->quiet = true; return 0;
     case O_HELP: c->help = true; return 0;
+    case O_DCP: return syd_parse_layout(arg, &c->dcp, e);
+    case O_DCP_CHUNKS: return syd_parse_chunking(arg, &c->dcp, e);
+    case O_DCP_HSDP: FM_TRY(parse_i64("dcp-hsdp", arg, &v, e)); c->dcp.hsdp = (int)FM_MIN(FM_MAX(v, 0), 1 << 20); return 0;
+    case O_DCP_FAULT: return syd_parse_fault(arg, &c->dcp, e);
     default: return fm_fail(e, FM_EUSAGE, "unknown option");
     }
 }
@@ -213,6 +227,7 @@ static int parse_args(int argc, char **argv, cli *c, fm_err *e)
     syn_default_opts(&c->o);
     for (int i = 0; i < 6; i++) c->dims[i] = -1;
     c->tied = -1;
+    c->dcp.hsdp = 1;
     struct option lo[FM_ARRAY_LEN(SPECS) + 1];
     memset(lo, 0, sizeof lo);
     for (size_t i = 0; i < FM_ARRAY_LEN(SPECS); i++)
@@ -248,6 +263,27 @@ static int write_share(syn_ctx *ctx, const syn_opts *o, int me, int np, tally *t
     return 0;
 }
 
+/* DCP: data files p, p+P, ... and expected files; process 0 writes .metadata
+ * from every process's item locations. */
+static int write_dcp(syn_ctx *ctx, const cli *c, int me, int np, tally *t, fm_err *e)
+{
+    const syn_opts *o = &c->o;
+    fm_buf locs = {0};
+    for (int f = me; f < o->world_size && e->code == 0; f += np) syd_write_file(ctx, o, &c->dcp, f, &locs, &t->shard_bytes, e);
+    size_t jobs = syn_expected_jobs(ctx);
+    for (size_t j = 0; j < jobs && e->code == 0; j++)
+        if ((j + (size_t)o->world_size) % (size_t)np == (size_t)me) syn_write_expected(ctx, j, &t->expected_bytes, e);
+    uint8_t *all = NULL;
+    uint64_t *offs = NULL;
+    int rc = comm_agree_all(e, MPI_COMM_WORLD);
+    if (rc == 0) rc = comm_allgather_blobs_all(locs.data, locs.len, MPI_COMM_WORLD, &all, &offs, e);
+    if (rc == 0 && me == 0) syd_write_metadata(ctx, o, &c->dcp, all, (size_t)offs[np], e);
+    fm_buf_free(&locs);
+    free(all);
+    free(offs);
+    return rc ? rc : comm_agree_all(e, MPI_COMM_WORLD);
+}
+
 static void report(const syn_ctx *ctx, const syn_opts *o, const tally *sum, double secs)
 {
     char a[32], b[32];
@@ -274,9 +310,11 @@ static int run_all(const cli *c, int me, int np, fm_err *e)
         syn_free(ctx);
         return e->code;
     }
-    if (me == 0) syn_write_meta(ctx, e);
+    if (me == 0) c->dcp.layout ? syd_write_meta(ctx, &c->o, &c->dcp, e) : syn_write_meta(ctx, e);
     tally t = {0, 0}, sum = {0, 0};
-    if (comm_agree_all(e, MPI_COMM_WORLD) == 0) {
+    if (c->dcp.layout && comm_agree_all(e, MPI_COMM_WORLD) == 0) {
+        write_dcp(ctx, c, me, np, &t, e);
+    } else if (!c->dcp.layout && comm_agree_all(e, MPI_COMM_WORLD) == 0) {
         write_share(ctx, &c->o, me, np, &t, e);
         comm_agree_all(e, MPI_COMM_WORLD);
     }

@@ -67,7 +67,8 @@ struct ptz_file {
     char *path;
     int fd;
     unsigned flags;
-    uint64_t size;
+    uint64_t size;   /* of the archive: the file, or one item of it */
+    uint64_t base;   /* file offset of the archive's first byte (0, or a DCP item's offset) */
     char *prefix;
     ptz_entry *ents; /* central-directory order */
     size_t n_ents;
@@ -78,6 +79,8 @@ struct ptz_file {
     size_t buf_cap;
     uint64_t buf_abs; /* file bytes [buf_abs, buf_abs + buf_len) are in buf */
     size_t buf_len;
+    char scope[40];  /* ptz_open_items: lookups name records of this item ("" = none) */
+    bool ranged;     /* the archive is a byte range of the file (libzip reads that range) */
 };
 
 struct ptz_rec {
@@ -138,7 +141,7 @@ static int ptz_check_magic(ptz_file *f, fm_err *e)
 {
     uint8_t head[sizeof ptz_legacy_magic];
     size_t n = (size_t)FM_MIN(f->size, (uint64_t)sizeof head);
-    FM_TRY(ptz_pread_full(f->fd, f->path, head, n, 0, e));
+    FM_TRY(ptz_pread_full(f->fd, f->path, head, n, f->base, e));
     if (n >= 4 && ptz_le32(head) == PTZ_SIG_LOCAL) return 0;
     if (n == sizeof head && memcmp(head, ptz_legacy_magic, sizeof head) == 0)
         return fm_fail(e, FM_EUNSUPPORTED,
@@ -180,7 +183,7 @@ static int ptz_read_eocd64(ptz_file *f, const uint8_t *loc, uint64_t eocd_abs, p
     if (z_ofs > loc_abs || loc_abs - z_ofs < PTZ_EOCD64_SIZE)
         return ptz_corrupt(f, "ZIP64 end-of-directory offset out of range", e);
     uint8_t z[PTZ_EOCD64_SIZE];
-    FM_TRY(ptz_pread_full(f->fd, f->path, z, sizeof z, z_ofs, e));
+    FM_TRY(ptz_pread_full(f->fd, f->path, z, sizeof z, f->base + z_ofs, e));
     if (ptz_le32(z) != PTZ_SIG_EOCD64) return ptz_corrupt(f, "bad ZIP64 end-of-directory signature", e);
     if (ptz_le32(z + 16) != 0 || ptz_le32(z + 20) != 0)
         return fm_fail(e, FM_EUNSUPPORTED, "%s: multi-disk zip archives are not supported", f->path);
@@ -203,7 +206,7 @@ static int ptz_locate_directory(ptz_file *f, ptz_dirloc *d, fm_err *e)
     uint8_t *tail = malloc(tail_len ? tail_len : 1);
     if (tail == NULL) return fm_fail(e, FM_ENOMEM, "out of memory reading %s", f->path);
     size_t pos = 0;
-    int rc = ptz_pread_full(f->fd, f->path, tail, tail_len, tail_abs, e);
+    int rc = ptz_pread_full(f->fd, f->path, tail, tail_len, f->base + tail_abs, e);
     if (rc == 0) rc = ptz_find_eocd(f, tail, tail_len, &pos, e);
     if (rc == 0) {
         const uint8_t *q = tail + pos;
@@ -283,7 +286,7 @@ static int ptz_read_central(ptz_file *f, const ptz_dirloc *d, fm_err *e)
     f->ents = calloc(d->n_entries ? (size_t)d->n_entries : 1, sizeof *f->ents);
     int rc = 0;
     if (cd == NULL || f->ents == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory reading %s", f->path);
-    if (rc == 0) rc = ptz_pread_full(f->fd, f->path, cd, (size_t)d->cd_size, d->cd_ofs, e);
+    if (rc == 0) rc = ptz_pread_full(f->fd, f->path, cd, (size_t)d->cd_size, f->base + d->cd_ofs, e);
     size_t pos = 0;
     for (uint64_t i = 0; rc == 0 && i < d->n_entries; i++) {
         rc = ptz_parse_central(f, cd, (size_t)d->cd_size, &pos, &f->ents[i], e);
@@ -314,7 +317,7 @@ static int ptz_window_get(ptz_file *f, ptz_window *w, uint64_t ofs, size_t n, co
             w->buf = nb;
         }
         w->len = 0;
-        FM_TRY(ptz_pread_full(f->fd, f->path, w->buf, want, ofs, e));
+        FM_TRY(ptz_pread_full(f->fd, f->path, w->buf, want, f->base + ofs, e));
         w->abs = ofs;
         w->len = want;
     }
@@ -349,6 +352,7 @@ static int ptz_locate_all_data(ptz_file *f, fm_err *e)
     if (w.buf == NULL) return fm_fail(e, FM_ENOMEM, "out of memory reading %s", f->path);
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < f->n_ents; i++) rc = ptz_locate_data(f, &w, &f->ents[i], e);
+    for (size_t i = 0; rc == 0 && i < f->n_ents; i++) f->ents[i].data_offset += f->base; /* reads are absolute */
     free(w.buf);
     return rc;
 }
@@ -393,7 +397,17 @@ static int ptz_libzip_compare(ptz_file *f, zip_t *za, fm_err *e)
 static int ptz_libzip_open(ptz_file *f, zip_t **za, fm_err *e)
 {
     int zerr = 0;
-    *za = zip_open(f->path, ZIP_RDONLY | ZIP_CHECKCONS, &zerr);
+    if (!f->ranged) {
+        *za = zip_open(f->path, ZIP_RDONLY | ZIP_CHECKCONS, &zerr);
+        return *za ? 0 : ptz_libzip_error(f, zerr, e);
+    }
+    zip_error_t ze;
+    zip_error_init(&ze);
+    zip_source_t *src = zip_source_file_create(f->path, f->base, (zip_int64_t)f->size, &ze);
+    *za = src ? zip_open_from_source(src, ZIP_RDONLY | ZIP_CHECKCONS, &ze) : NULL;
+    if (*za == NULL && src) zip_source_free(src);
+    zerr = zip_error_code_zip(&ze);
+    zip_error_fini(&ze);
     return *za ? 0 : ptz_libzip_error(f, zerr, e);
 }
 
@@ -439,6 +453,11 @@ static int ptz_build_index(ptz_file *f, fm_err *e)
 
 static const ptz_entry *ptz_lookup(const ptz_file *f, const char *name)
 {
+    char scoped[512];
+    if (f->scope[0]) { /* an item of a DCP file: its records are "<scope>/<name>" */
+        if ((size_t)snprintf(scoped, sizeof scoped, "%s/%s", f->scope, name) >= sizeof scoped) return NULL;
+        name = scoped;
+    }
     size_t lo = 0, hi = f->n_index;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -714,5 +733,159 @@ int ptz_rec_finish(ptz_rec *r, fm_err *e)
     ptz_rec_hash_buffered(r);
     FM_TRY(ptz_rec_hash_until(r, r->ent->size, 0, 0, e));
     if (r->crc != r->ent->crc) return ptz_crc_mismatch(r->f, r->ent, r->crc, e);
+    return 0;
+}
+
+/* ---- archives inside a larger file (DCP items) ------------------------------ */
+
+/* The directory of one archive at [base, base+size) of f's file. */
+static int ptz_parse_archive(ptz_file *f, fm_err *e)
+{
+    FM_TRY(ptz_check_magic(f, e));
+    FM_TRY(ptz_read_directory(f, e));
+    FM_TRY(ptz_locate_all_data(f, e));
+    FM_TRY(ptz_build_index(f, e));
+    const ptz_entry *pkl;
+    FM_TRY(ptz_find_readable(f, "data.pkl", &pkl, e));
+    return ptz_read_byteorder(f, e);
+}
+
+static int ptz_check_range(const ptz_file *f, uint64_t offset, uint64_t length, fm_err *e)
+{
+    if (offset > f->size || length > f->size - offset)
+        return fm_fail(e, FM_EFORMAT, "%s: the item at [%" PRIu64 ", %" PRIu64 ") lies past the end of the file (%" PRIu64
+                       " bytes): truncated", f->path, offset, offset + length, f->size);
+    if (length == 0) return fm_fail(e, FM_EFORMAT, "%s: the item at offset %" PRIu64 " is empty", f->path, offset);
+    return 0;
+}
+
+static ptz_file *ptz_alloc(const char *path, unsigned flags)
+{
+    ptz_file *f = calloc(1, sizeof *f);
+    if (f == NULL) return NULL;
+    f->fd = -1;
+    f->flags = flags;
+    f->path = fm_strdup(path);
+    if (f->path == NULL) {
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
+static int ptz_alloc_buffer(ptz_file *f, size_t read_buffer, fm_err *e)
+{
+    f->buf_cap = read_buffer ? read_buffer : PTZ_DEFAULT_BUFFER;
+    f->buf = malloc(f->buf_cap);
+    if (f->buf == NULL) return fm_fail(e, FM_ENOMEM, "cannot allocate a %zu-byte read buffer for %s", f->buf_cap, f->path);
+    return 0;
+}
+
+int ptz_open_at(const char *path, unsigned flags, size_t read_buffer, uint64_t offset, uint64_t length, ptz_file **out,
+                fm_err *e)
+{
+    *out = NULL;
+    ptz_file *f = ptz_alloc(path, flags);
+    if (f == NULL) return fm_fail(e, FM_ENOMEM, "out of memory opening %s", path);
+    int rc = ptz_open_fd(f, e);
+    if (rc == 0) rc = ptz_check_range(f, offset, length, e);
+    if (rc == 0) {
+        f->base = offset;
+        f->size = length;
+        f->ranged = true;
+        rc = ptz_parse_archive(f, e);
+    }
+    if (rc == 0) rc = ptz_alloc_buffer(f, read_buffer, e);
+    if (rc != 0) {
+        ptz_close(f);
+        return rc;
+    }
+    *out = f;
+    return 0;
+}
+
+/* Moves the records of the item archive `sub` into `all`, renamed
+ * "<offset>/<name>" (the index is rebuilt once every item is in). */
+static int ptz_adopt(ptz_file *all, ptz_file *sub, size_t *cap, fm_err *e)
+{
+    if (all->n_ents + sub->n_index > *cap) {
+        size_t ncap = FM_MAX(*cap * 2, all->n_ents + sub->n_index);
+        ptz_entry *ne = realloc(all->ents, ncap * sizeof *ne);
+        if (ne == NULL) return fm_fail(e, FM_ENOMEM, "out of memory reading %s", all->path);
+        all->ents = ne;
+        *cap = ncap;
+    }
+    for (size_t i = 0; i < sub->n_index; i++) {
+        ptz_entry en = *sub->index[i];
+        en.name = fm_asprintf("%" PRIu64 "/%s", sub->base, sub->index[i]->rel);
+        if (en.name == NULL) return fm_fail(e, FM_ENOMEM, "out of memory reading %s", all->path);
+        en.rel = en.name;
+        all->ents[all->n_ents++] = en;
+    }
+    return 0;
+}
+
+static int ptz_open_item(ptz_file *all, const ptz_item *it, size_t k, size_t *cap, fm_err *e)
+{
+    FM_TRY(ptz_check_range(all, it->offset, it->length, e));
+    ptz_file *sub = ptz_alloc(all->path, all->flags);
+    if (sub == NULL) return fm_fail(e, FM_ENOMEM, "out of memory reading %s", all->path);
+    sub->fd = all->fd;
+    sub->base = it->offset;
+    sub->size = it->length;
+    sub->ranged = true;
+    int rc = ptz_parse_archive(sub, e);
+    if (rc == 0 && k > 0 && sub->big_endian != all->big_endian)
+        rc = fm_fail(e, FM_EUNSUPPORTED, "%s: items with different byte orders", all->path);
+    all->big_endian = sub->big_endian;
+    if (rc == 0) rc = ptz_adopt(all, sub, cap, e);
+    if (rc) fm_context(e, "item at [%" PRIu64 ", +%" PRIu64 ")", it->offset, it->length);
+    sub->fd = -1; /* all's */
+    ptz_close(sub);
+    return rc;
+}
+
+static int ptz_index_items(ptz_file *all, fm_err *e)
+{
+    all->index = malloc((all->n_ents ? all->n_ents : 1) * sizeof *all->index);
+    if (all->index == NULL) return fm_fail(e, FM_ENOMEM, "out of memory reading %s", all->path);
+    for (size_t i = 0; i < all->n_ents; i++) all->index[i] = &all->ents[i];
+    all->n_index = all->n_ents;
+    qsort(all->index, all->n_index, sizeof *all->index, ptz_cmp_rel);
+    for (size_t i = 1; i < all->n_index; i++)
+        if (strcmp(all->index[i - 1]->rel, all->index[i]->rel) == 0)
+            return fm_fail(e, FM_EFORMAT, "%s: two items at the same offset (%s)", all->path, all->index[i]->rel);
+    all->prefix = fm_strdup("");
+    return all->prefix ? 0 : fm_fail(e, FM_ENOMEM, "out of memory reading %s", all->path);
+}
+
+int ptz_open_items(const char *path, unsigned flags, size_t read_buffer, const ptz_item *items, size_t n, ptz_file **out,
+                   fm_err *e)
+{
+    *out = NULL;
+    ptz_file *f = ptz_alloc(path, flags);
+    if (f == NULL) return fm_fail(e, FM_ENOMEM, "out of memory opening %s", path);
+    size_t cap = 0;
+    int rc = ptz_open_fd(f, e);
+    for (size_t k = 0; rc == 0 && k < n; k++) rc = ptz_open_item(f, &items[k], k, &cap, e);
+    if (rc == 0) rc = ptz_index_items(f, e);
+    if (rc == 0) rc = ptz_alloc_buffer(f, read_buffer, e);
+    if (rc != 0) {
+        ptz_close(f);
+        return rc;
+    }
+    *out = f;
+    return 0;
+}
+
+int ptz_scope(ptz_file *f, uint64_t item_offset, fm_err *e)
+{
+    f->scope[0] = '\0';
+    if (item_offset == UINT64_MAX) return 0;
+    snprintf(f->scope, sizeof f->scope, "%" PRIu64, item_offset);
+    if (ptz_lookup(f, "data.pkl") == NULL) {
+        f->scope[0] = '\0';
+        return fm_fail(e, FM_EINTERNAL, "%s: no item at offset %" PRIu64, f->path, item_offset);
+    }
     return 0;
 }

@@ -66,6 +66,8 @@ struct ptzw {
     bool failed;            /* a write failed: everything after fails too */
     uint64_t zip64_at;      /* values >= this get 64-bit fields */
     uint64_t pos;           /* logical end of the file */
+    uint64_t base;          /* ptzw_append: where the archive starts in the file (offsets are relative) */
+    bool append;            /* abort truncates back to base instead of removing the file */
     uint64_t flushed;       /* file bytes [0, flushed) were handed to write() */
     uint8_t *stage;         /* holds file bytes [flushed, pos) */
     size_t stage_len;
@@ -145,7 +147,7 @@ static int ptzw_write_all(ptzw *w, const void *data, size_t len, fm_err *e)
 
 static int ptzw_pwrite_all(ptzw *w, const void *data, size_t len, uint64_t ofs, fm_err *e)
 {
-    int err = fm_pwrite_all(w->fd, data, len, ofs);
+    int err = fm_pwrite_all(w->fd, data, len, w->base + ofs);
     if (err == 0) return 0;
     errno = err;
     return ptzw_io_fail(w, "write", e);
@@ -240,7 +242,28 @@ static int ptzw_check_name(ptzw *w, const char *name, fm_err *e)
 
 /* ---- create ------------------------------------------------------------------ */
 
+static int ptzw_open(const char *path, const char *prefix, bool append, ptzw **out, fm_err *e);
+
 int ptzw_create(const char *path, const char *prefix, ptzw **out, fm_err *e)
+{
+    return ptzw_open(path, prefix, false, out, e);
+}
+
+int ptzw_append(const char *path, const char *prefix, ptzw **out, fm_err *e)
+{
+    FM_TRY(ptzw_open(path, prefix, true, out, e));
+    off_t end = lseek((*out)->fd, 0, SEEK_END);
+    if (end < 0) {
+        int rc = fm_fail(e, FM_EIO, "cannot seek in %s: %s", path, strerror(errno));
+        ptzw_abort(*out);
+        *out = NULL;
+        return rc;
+    }
+    (*out)->base = (uint64_t)end;
+    return 0;
+}
+
+static int ptzw_open(const char *path, const char *prefix, bool append, ptzw **out, fm_err *e)
 {
     *out = NULL;
     if (prefix == NULL || prefix[0] == '\0' || strchr(prefix, '/') != NULL || strlen(prefix) > 4096)
@@ -251,6 +274,7 @@ int ptzw_create(const char *path, const char *prefix, ptzw **out, fm_err *e)
     ptzw *w = calloc(1, sizeof *w);
     if (w == NULL) return fm_fail(e, FM_ENOMEM, "out of memory creating %s", path);
     w->fd = -1;
+    w->append = append;
     w->zip64_at = PTZW_U32_LIMIT;
     w->path = fm_strdup(path);
     w->prefix = fm_strdup(prefix);
@@ -259,7 +283,7 @@ int ptzw_create(const char *path, const char *prefix, ptzw **out, fm_err *e)
         ptzw_abort(w);
         return fm_fail(e, FM_ENOMEM, "out of memory creating %s", path);
     }
-    w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    w->fd = open(path, O_WRONLY | O_CREAT | (w->append ? 0 : O_TRUNC) | O_CLOEXEC, 0644);
     if (w->fd < 0) {
         int rc = fm_fail(e, FM_EIO, "cannot create %s: %s", path, strerror(errno));
         free(w->path);
@@ -549,7 +573,8 @@ int ptzw_close(ptzw *w, fm_err *e)
 void ptzw_abort(ptzw *w)
 {
     if (w == NULL) return;
+    if (w->append && w->fd >= 0 && ftruncate(w->fd, (off_t)w->base) != 0) { /* best effort */ }
     if (w->fd >= 0) close(w->fd);
-    if (w->path != NULL) unlink(w->path);
+    if (w->path != NULL && !w->append) unlink(w->path);
     ptzw_free(w);
 }
