@@ -1,6 +1,7 @@
 /* cli.c - see cli.h. */
 #include "cmd/cli.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +12,7 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT
+    OPT_FORMAT, OPT_NOMANIFEST, OPT_VERIFY, OPT_REFERENCE, OPT_ATOL, OPT_RTOL
 };
 
 typedef struct opt_spec {
@@ -73,6 +74,15 @@ static const opt_spec SPECS[] = {
     {"quiet", 'q', no_argument, OPT_QUIET, NULL, "print errors only"},
     {"json", 0, no_argument, OPT_JSON, NULL, "inspect: print JSON"},
     {"values", 0, required_argument, OPT_VALUES, "N", "inspect: print the first N values of each tensor (-1 = all)"},
+    {"no-manifest", 0, no_argument, OPT_NOMANIFEST, NULL,
+     "do not write fsdpmerge_manifest.json (provenance and a CRC-32C per tensor) into the output"},
+    {"verify", 0, no_argument, OPT_VERIFY, NULL,
+     "before the final rename, re-read the output from disk and compare it with CRC-32Cs computed as the data "
+     "was converted; a difference fails the merge"},
+    {"reference", 0, required_argument, OPT_REFERENCE, "DIR",
+     "verify: compare OUT with another HuggingFace folder, tensor by tensor"},
+    {"atol", 0, required_argument, OPT_ATOL, "X", "verify --reference: absolute tolerance (default 0: bytes must be equal)"},
+    {"rtol", 0, required_argument, OPT_RTOL, "X", "verify --reference: relative tolerance (default 0)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
 };
@@ -108,7 +118,10 @@ void cli_usage(FILE *out)
             "  mpirun -np W fsdpmerge --checkpoint_path CKPT --output_path OUT [options]\n"
             "  mpirun -np W fsdpmerge CKPT [--output OUT] [--actor-dir actor] [--dtype bfloat16]\n"
             "  fsdpmerge CKPT                      (one process; output CKPT_merged)\n"
-            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n\n"
+            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n"
+            "  mpirun -np P fsdpmerge check CKPT [--optimizer] [--output_path OUT]   (reads all, writes nothing)\n"
+            "  mpirun -np P fsdpmerge verify OUT [--checkpoint_path CKPT]           (OUT against CKPT or its manifest)\n"
+            "  fsdpmerge verify OUT --reference DIR [--atol X --rtol Y]\n\n"
             "Run one process per original rank (-np W, the world size of the checkpoint) or fewer:\n"
             "process p then reads ranks p, p+P, ...\n\noptions:\n",
             FM_VERSION);
@@ -123,7 +136,7 @@ void cli_usage(FILE *out)
         print_wrapped(out, s->help, 33, 100);
     }
     fprintf(out, "\nexit codes: 0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree,\n"
-                 "7 output exists, 8 out of memory, 9 MPI, 10 internal\n");
+                 "7 output exists, 8 out of memory, 9 MPI, 10 internal, 11 verify found a difference\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, const char *what, int *out, fm_err *e)
@@ -145,6 +158,16 @@ static int parse_dtype(const char *s, dt_type *out, fm_err *e)
     if (t != DT_F32 && t != DT_F16 && t != DT_BF16)
         return fm_fail(e, FM_EUSAGE, "--dtype must be bfloat16, float16, float32 or auto, got '%s'", s);
     *out = t;
+    return 0;
+}
+
+static int parse_tol(const char *s, const char *what, double *out, fm_err *e)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || errno || !(*out >= 0) || *out > 1e30)
+        return fm_fail(e, FM_EUSAGE, "%s must be a number >= 0, got '%s'", what, s);
     return 0;
 }
 
@@ -204,6 +227,11 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_OPTIMIZER: o->optimizer = true; return 0;
     case OPT_NODIO: o->no_direct_io = true; return 0;
+    case OPT_NOMANIFEST: o->no_manifest = true; return 0;
+    case OPT_VERIFY: o->verify = true; return 0;
+    case OPT_REFERENCE: o->reference = arg; return 0;
+    case OPT_ATOL: return parse_tol(arg, "--atol", &o->atol, e);
+    case OPT_RTOL: return parse_tol(arg, "--rtol", &o->rtol, e);
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);
@@ -229,15 +257,35 @@ static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)
         o->inspect_file = argv[i++];
     } else if (i < argc && strcmp(argv[i], "merge") == 0) {
         i++;
+    } else if (i < argc && strcmp(argv[i], "check") == 0 && o->command == CLI_MERGE) {
+        o->command = CLI_CHECK;
+        i++;
+    } else if (i < argc && strcmp(argv[i], "verify") == 0 && o->command == CLI_MERGE) {
+        o->command = CLI_VERIFY;
+        if (++i >= argc) return fm_fail(e, FM_EUSAGE, "verify needs the output folder to check");
+        o->verify_dir = argv[i++];
     }
-    if (o->command == CLI_MERGE && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
+    if ((o->command == CLI_MERGE || o->command == CLI_CHECK) && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
     if (i < argc) return fm_fail(e, FM_EUSAGE, "unexpected argument '%s'", argv[i]);
     return 0;
+}
+
+/* argv as given (getopt permutes it), for the manifest */
+static char *join_args(int argc, char **argv)
+{
+    fm_buf b = {0};
+    for (int i = 0; i < argc; i++) {
+        if (i) fm_buf_append(&b, " ", 1);
+        fm_buf_append(&b, argv[i], strlen(argv[i]));
+    }
+    fm_buf_append(&b, "", 1);
+    return (char *)b.data;
 }
 
 int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
 {
     defaults(o);
+    o->cmdline = join_args(argc, argv);
     struct option longs[FM_ARRAY_LEN(SPECS) + 1];
     char shorts[64];
     size_t ns = 0;
@@ -268,7 +316,10 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
         FM_TRY(apply(o, id, optarg, e));
     }
     FM_TRY(positionals(argc, argv, o, e));
-    if (o->command != CLI_MERGE) return 0;
+    if (o->command == CLI_VERIFY && o->reference && o->checkpoint)
+        return fm_fail(e, FM_EUSAGE, "verify: give --checkpoint_path or --reference, not both");
+    if (o->command == CLI_VERIFY && o->checkpoint == NULL) return 0;
+    if (o->command != CLI_MERGE && o->command != CLI_CHECK && o->command != CLI_VERIFY) return 0;
     if (o->checkpoint == NULL) return fm_fail(e, FM_EUSAGE, "no checkpoint given (see --help)");
     size_t n = strlen(o->checkpoint);
     while (n > 1 && o->checkpoint[n - 1] == '/') o->checkpoint[--n] = '\0';
@@ -281,4 +332,6 @@ void cli_free(cli_opts *o)
 {
     free(o->output); /* only ever malloc'd by cli_parse, NULL otherwise */
     o->output = NULL;
+    free(o->cmdline);
+    o->cmdline = NULL;
 }

@@ -27,7 +27,11 @@ int main(int argc, char **argv)
         case CLI_INSPECT:
             if (me == 0) rc = ins_run(&o, stdout, &e);
             break;
+        case CLI_VERIFY:
+            rc = fm_fail(&e, FM_EUNSUPPORTED, "verify: not built yet");
+            break;
         case CLI_MERGE:
+        case CLI_CHECK:
             rc = mg_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         }

@@ -21,6 +21,7 @@
 #include "torchfmt/tindex.h"
 #include "base/util.h"
 #include "engine/xfer.h"
+#include "cmd/check.h"
 
 #define RULE "======================================================================"
 
@@ -45,6 +46,7 @@ typedef struct run {
     pg_bar bar;
     rp_times times;
     xf_stats xs;
+    bool dry;               /* the check command: read and plan, write nothing */
 } run;
 
 static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -192,6 +194,11 @@ static int discover(run *r, fm_err *e)
         return fm_fail(e, FM_EUNSUPPORTED, "--format %s: this fsdpmerge was built without parallel HDF5 "
                        "(install libhdf5-openmpi-dev and rebuild)", o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both");
     FM_TRY(make_info(r, e));
+    if (r->dry) {
+        if (r->me == 0 && o->output_arg) od_check(o->output, o->force, e);
+        r->why = "check (reads every record, writes nothing)";
+        return comm_agree_all(e, r->comm);
+    }
     /* the writer creates the temporary output folder */
     if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
     FM_TRY(comm_agree_all(e, r->comm));
@@ -556,20 +563,39 @@ static int plan_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
     return plan_build(op->ix, &po, &op->pl, e);
 }
 
+/* open, index, exchange and plan the optimizer files (merge and check) */
+static int prepare_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
+{
+    open_optim(r, op, e);
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = exchange(r, op->ix, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) plan_optim(r, op, warning, wlen, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    return rc;
+}
+
+static void free_optim(run *r, optrun *op)
+{
+    for (int k = 0; k < r->layout.world_size; k++) {
+        if (op->zips) ptz_close(op->zips[k]);
+        if (op->ix) ti_index_free(&op->ix[k]);
+    }
+    free(op->zips);
+    free(op->ix);
+    free(op->names);
+    free(op->dir);
+    plan_free(&op->pl);
+}
+
 static int optimizer_phase(run *r, fm_err *e)
 {
     if (!r->o->optimizer) return 0;
-    int W = r->layout.world_size;
     optrun op;
     memset(&op, 0, sizeof op);
     char warning[512] = "";
     say(r, "\nMerging the optimizer state...\n");
-    open_optim(r, &op, e);
-    int rc = comm_agree_all(e, r->comm);
-    if (rc == 0) rc = exchange(r, op.ix, e);
-    if (rc == 0) rc = comm_agree_all(e, r->comm);
-    if (rc == 0) plan_optim(r, &op, warning, sizeof warning, e);
-    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    int rc = prepare_optim(r, &op, warning, sizeof warning, e);
     op.dir = rc == 0 ? fm_path_join(r->tmpdir, "optimizer") : NULL;
     if (rc == 0 && r->me == r->writer) fm_mkdir_p(op.dir, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
@@ -587,15 +613,57 @@ static int optimizer_phase(run *r, fm_err *e)
             "optimizer_state.json\n", op.pl.ntensors, fm_format_bytes(op.pl.total_bytes, sz, sizeof sz), r->o->output);
     }
     fm_buf_free(&json);
-    for (int k = 0; k < W; k++) {
-        if (op.zips) ptz_close(op.zips[k]);
-        if (op.ix) ti_index_free(&op.ix[k]);
+    free_optim(r, &op);
+    return rc;
+}
+
+/* ---- the check command: read everything, plan, print, write nothing ---- */
+
+static int read_everything(run *r, const optrun *op, uint64_t *bytes, fm_err *e)
+{
+    for (int k = r->me; k < r->layout.world_size; k++) {
+        if ((k - r->me) % r->nprocs) continue;
+        char *path = ck_rank_file(&r->layout, "extra_state", k);
+        const char *bad = ptz_path(r->zips[k]); /* errors name the rank and the file, as the merge's do */
+        int rc = chk_read_records(r->zips[k], bytes, e);
+        if (rc == 0 && op && (bad = ptz_path(op->zips[k])) != NULL) rc = chk_read_records(op->zips[k], bytes, e);
+        if (rc == 0 && path && (bad = path) != NULL)
+            rc = chk_read_file(path, true, 1u << 20, r->o->no_crc ? PTZ_NO_CRC : 0, bytes, e);
+        if (rc) fm_context(e, "rank %d: %s", k, bad);
+        free(path);
+        if (rc) return rc;
     }
-    free(op.zips);
-    free(op.ix);
-    free(op.names);
-    free(op.dir);
-    plan_free(&op.pl);
+    return 0;
+}
+
+static int check_phase(run *r, fm_err *e)
+{
+    optrun op;
+    memset(&op, 0, sizeof op);
+    char warning[512] = "";
+    int rc = r->o->optimizer ? prepare_optim(r, &op, warning, sizeof warning, e) : 0;
+    say(r, "Reading every record of every rank file...\n");
+    double t = MPI_Wtime();
+    uint64_t mine = 0, all = 0;
+    if (rc == 0) read_everything(r, r->o->optimizer ? &op : NULL, &mine, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    char *config = NULL;
+    size_t config_len = 0;
+    if (rc == 0 && r->config && r->me == 0) config_text(r, &config, &config_len, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    MPI_Reduce(&mine, &all, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
+    if (rc == 0 && r->talk) {
+        if (warning[0]) say(r, "  warning: %s\n", warning);
+        int W = r->layout.world_size;
+        chk_report cr = {.output = r->o->output, .output_given = r->o->output_arg != NULL, .model = &r->pl,
+                         .optim = r->o->optimizer ? &op.pl : NULL, .config_bytes = config_len,
+                         .safetensors = wants_safetensors(r), .hdf5 = wants_hdf5(r), .bytes_read = all,
+                         .seconds = MPI_Wtime() - t, .nfiles_read = W};
+        chk_print(r->out, &cr);
+        say(r, "\n\xe2\x9c\x85 Check passed: the checkpoint is complete and readable (nothing was written)\n");
+    }
+    free(config);
+    free_optim(r, &op);
     return rc;
 }
 
@@ -651,6 +719,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     MPI_Comm_rank(comm, &r.me);
     MPI_Comm_size(comm, &r.nprocs);
     r.talk = r.me == 0 && !o->quiet;
+    r.dry = o->command == CLI_CHECK;
     double t0 = MPI_Wtime(), t;
     int rc = discover(&r, e);
     r.times.discover = MPI_Wtime() - t0;
@@ -670,12 +739,15 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         if (rc == 0) rc = make_plan(&r, e);
         r.times.plan = MPI_Wtime() - t;
     }
-    if (rc == 0) {
+    if (rc == 0 && r.dry) {
+        rc = check_phase(&r, e);
+    }
+    if (rc == 0 && !r.dry) {
         t = MPI_Wtime();
         rc = move_data(&r, e);
         r.times.data = MPI_Wtime() - t;
     }
-    if (rc == 0) {
+    if (rc == 0 && !r.dry) {
         t = MPI_Wtime();
         rc = training_state(&r, e);
         if (rc == 0) rc = optimizer_phase(&r, e);
@@ -683,7 +755,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         r.times.finalize = MPI_Wtime() - t;
     }
     r.times.total = MPI_Wtime() - t0;
-    if (rc == 0) {
+    if (rc == 0 && !r.dry) {
         summary(&r);
         uint64_t read_total = 0;
         MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
