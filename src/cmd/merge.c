@@ -22,6 +22,8 @@
 #include "base/util.h"
 #include "engine/xfer.h"
 #include "cmd/check.h"
+#include "cmd/manifest.h"
+#include "base/crc32c.h"
 
 #define RULE "======================================================================"
 
@@ -47,6 +49,7 @@ typedef struct run {
     rp_times times;
     xf_stats xs;
     bool dry;               /* the check command: read and plan, write nothing */
+    uint32_t *crc;          /* per tensor of pl: CRC-32C as converted (manifest, --verify), or NULL */
 } run;
 
 static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -391,7 +394,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 static int run_engine(run *r, const plan *pl, ptz_file *const *zips, const char *dir, bool hints, xf_stats *xs, fm_err *e)
 {
     xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .direct_io = !r->o->no_direct_io, .info = r->info,
-                  .hints_out = hints && r->talk ? r->out : NULL};
+                  .hints_out = hints && r->talk ? r->out : NULL, .crc32c = pl == &r->pl ? r->crc : NULL};
     if (r->direct) {
         xo.window = (size_t)(r->o->buffer_size / 2);
         return xf_direct_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
@@ -429,6 +432,49 @@ static int write_hdf5(run *r, fm_err *e)
     return rc;
 }
 
+/* Every process XORs the CRC-32C terms of the segments it converts into
+ * r->crc; the XOR over processes is each tensor's register (crc32c.h). */
+static int start_crcs(run *r, fm_err *e)
+{
+    r->crc = calloc(r->pl.ntensors ? r->pl.ntensors : 1, sizeof *r->crc);
+    FM_TRY(r->crc ? 0 : fm_fail(e, FM_ENOMEM, "out of memory"));
+    return comm_agree_all(e, r->comm);
+}
+
+static int finish_crcs(run *r, fm_err *e)
+{
+    for (size_t i = 0; i < r->pl.ntensors; i += 1u << 20) {
+        int n = (int)FM_MIN(r->pl.ntensors - i, (size_t)1 << 20);
+        if (MPI_Allreduce(MPI_IN_PLACE, r->crc + i, n, MPI_UINT32_T, MPI_BXOR, r->comm) != MPI_SUCCESS)
+            return fm_fail(e, FM_EMPI, "MPI_Allreduce of the tensor CRCs failed");
+    }
+    for (size_t i = 0; i < r->pl.ntensors; i++)
+        r->crc[i] = crc32c_finish(r->crc[i], r->pl.tensors[i].end - r->pl.tensors[i].begin);
+    return 0;
+}
+
+static const char *mode_name(const run *r)
+{
+    return r->o->format == CLI_FORMAT_HDF5 ? "hdf5" : r->direct ? "direct" : "gather";
+}
+
+static int write_manifest(run *r, const char *dir, fm_err *e)
+{
+    const cli_opts *o = r->o;
+    static const char *const formats[] = {"safetensors", "hdf5", "both"};
+    mf_info in = {.command_line = o->cmdline, .source = o->checkpoint, .actor_dir = r->layout.actor_dir,
+                  .world_size = r->layout.world_size, .fsdp_version = r->layout.fsdp_version, .nprocs = r->nprocs,
+                  .dtype = o->dtype == DT_INVALID ? "auto" : dt_torch_name(o->dtype), .mode = mode_name(r),
+                  .format = formats[o->format]};
+    fm_buf text = {0};
+    char *path = fm_path_join(dir, MF_NAME);
+    int rc = path ? mf_build(&in, &r->pl, r->crc, &text, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0) rc = fm_write_file(path, text.data, text.len, e);
+    free(path);
+    fm_buf_free(&text);
+    return rc;
+}
+
 static int move_data(run *r, fm_err *e)
 {
     char sz[32];
@@ -439,7 +485,9 @@ static int move_data(run *r, fm_err *e)
         say(r, "Saving merged model to %s\n  Writing %zu file%s (%s, %s)...\n", r->o->output, r->pl.nfiles,
             r->pl.nfiles == 1 ? "" : "s", sz, dt);
         if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
-        rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
+        if (!r->o->no_manifest || r->o->verify) rc = start_crcs(r, e);
+        if (rc == 0) rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
+        if (rc == 0 && r->crc) rc = finish_crcs(r, e);
         if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
     }
     if (rc == 0 && wants_hdf5(r)) {
@@ -490,6 +538,7 @@ static int write_side_files(run *r, fm_err *e)
         FM_TRY(in_actor ? hf_copy_assets_from_actor(r->layout.hf_dir, dir, &copied, e)
                         : hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
     }
+    if (!r->o->no_manifest) FM_TRY(write_manifest(r, dir, e));
     if (r->pl.index_json && wants_safetensors(r)) {
         char *path = fm_path_join(dir, "model.safetensors.index.json");
         int rc = path ? fm_write_file(path, r->pl.index_json, strlen(r->pl.index_json), e)
@@ -702,6 +751,7 @@ static void cleanup(run *r)
     free(r->ix);
     free(r->config);
     free(r->tmpdir);
+    free(r->crc);
     if (r->info != MPI_INFO_NULL) MPI_Info_free(&r->info);
     plan_free(&r->pl);
     ck_layout_free(&r->layout);
@@ -760,7 +810,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         uint64_t read_total = 0;
         MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
         if (o->report && r.me == 0)
-            rp_write(o->report, o, o->format == CLI_FORMAT_HDF5 ? "hdf5" : r.direct ? "direct" : "gather",
+            rp_write(o->report, o, mode_name(&r),
                      r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
         rc = comm_agree_all(e, comm);
     }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/crc32c.h"
 #include "base/dtype.h"
 #include "base/util.h"
 
@@ -92,6 +93,7 @@ int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_er
     if (sl->rec == NULL && ptz_rec_open(z, sl->storage, &sl->rec, e)) return src_context(e, s, sl);
     size_t ses = dt_size(t->src_dtype), oes = dt_size(t->out_dtype);
     const uint8_t *b;
+    uint8_t *dst0 = dst;
     if (p->src_contig) {
         uint64_t elem = (uint64_t)plan_run_src(p, sg->run) + sg->j0, left = sg->n;
         uint64_t max = ptz_buffer_size(z) / ses;
@@ -111,6 +113,10 @@ int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_er
         }
     }
     s->bytes_read += sg->n * ses;
+    if (s->crc32c) {
+        uint64_t off = sg->out - t->begin, len = sg->n * oes;
+        s->crc32c[sg->tensor] ^= crc32c_segment(dst0, len, t->end - t->begin - off - len);
+    }
     if (sg->last && --sl->remaining == 0) {
         int rc = ptz_rec_finish(sl->rec, e);
         ptz_rec_close(sl->rec);
