@@ -6,6 +6,7 @@
 #include "base/err.h"
 #include "cmd/inspect.h"
 #include "cmd/merge.h"
+#include "cmd/verify.h"
 
 int main(int argc, char **argv)
 {
@@ -28,7 +29,8 @@ int main(int argc, char **argv)
             if (me == 0) rc = ins_run(&o, stdout, &e);
             break;
         case CLI_VERIFY:
-            rc = fm_fail(&e, FM_EUNSUPPORTED, "verify: not built yet");
+            rc = o.checkpoint ? fm_fail(&e, FM_EUNSUPPORTED, "verify --checkpoint_path: not built yet")
+                              : vf_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         case CLI_MERGE:
         case CLI_CHECK:

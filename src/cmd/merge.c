@@ -23,6 +23,7 @@
 #include "engine/xfer.h"
 #include "cmd/check.h"
 #include "cmd/manifest.h"
+#include "cmd/verify.h"
 #include "base/crc32c.h"
 
 #define RULE "======================================================================"
@@ -716,10 +717,23 @@ static int check_phase(run *r, fm_err *e)
     return rc;
 }
 
+/* --verify: the writer reads the weights back from disk before the rename */
+static int verify_written(run *r, fm_err *e)
+{
+    if (!r->o->verify || r->crc == NULL) return 0;
+    double t = MPI_Wtime();
+    uint64_t bytes = 0;
+    FM_TRY(vf_reread(r->tmpdir, &r->pl, r->crc, &bytes, e));
+    char sz[32];
+    say(r, "\xe2\x9c\x93 Verified: read %s back from disk in %.2f s, every tensor's CRC-32C equals the one computed "
+        "as it was converted\n", fm_format_bytes(bytes, sz, sizeof sz), MPI_Wtime() - t);
+    return 0;
+}
+
 static int finalize(run *r, fm_err *e)
 {
     if (r->me == r->writer) {
-        if (write_side_files(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
+        if (write_side_files(r, e) == 0 && verify_written(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
     }
     FM_TRY(comm_agree_all(e, r->comm));
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",

@@ -1,0 +1,51 @@
+/* verify.h - checks an output folder: against the CRCs computed while it
+ * was written (merge --verify, and `verify OUT` with its manifest), against
+ * another HuggingFace folder (`verify OUT --reference DIR`), or against the
+ * checkpoint (`verify OUT --checkpoint_path CKPT`, cmd/merge.c re-derives
+ * every segment and vf_compare_segments() compares it with the file).
+ *
+ * Memory stays bounded: tensors are read in chunks of VF_CHUNK bytes, never
+ * whole. Work is split across processes by tensor (or by segment); every
+ * process must see the folders. A difference is reported per tensor, with
+ * its first differing element, and the command exits with FM_EDIFFER (11).
+ */
+#ifndef FM_VERIFY_H
+#define FM_VERIFY_H
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/err.h"
+#include "base/util.h"
+#include "cmd/cli.h"
+#include "hf/stread.h"
+#include "plan/plan.h"
+#include "torchfmt/ptz.h"
+
+#define VF_CHUNK (1u << 20)
+
+/*! vf_reread() : merge --verify, on the writer before the rename: drops the
+ *  output files from the page cache (they were flushed) and reads them back
+ *  from disk: each file's size and header bytes, and each tensor's CRC-32C
+ *  against crc[] (computed as the data was converted). FM_EDIFFER names the
+ *  first file and tensor that differ. *bytes gets the bytes read. */
+int vf_reread(const char *dir, const plan *pl, const uint32_t *crc, uint64_t *bytes, fm_err *e);
+
+/*! vf_run_all() : COLLECTIVE. The verify command without a checkpoint:
+ *  against the manifest, or against o->reference. */
+int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e);
+
+/*! vf_compare_segments() : this process's segments of pl (as a merge would
+ *  convert them) against the same bytes of the output described by outm
+ *  (tensors found by name; the caller has checked names, dtypes and shapes).
+ *  first_diff[i] gets the lowest differing element of tensor i this process
+ *  saw (UINT64_MAX when none). */
+int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *outm, int me, uint64_t *first_diff,
+                        uint64_t *bytes, fm_err *e);
+
+/*! vf_describe_elem() : "element 1234 [3, 42]: VALUE" of a tensor in a file,
+ *  appended to b (the value printed as a float when the dtype is one). */
+void vf_describe_elem(fm_buf *b, const sr_tensor *t, const char *path, uint64_t elem);
+
+#endif

@@ -1,0 +1,351 @@
+/* verify.c - see verify.h. */
+#include "cmd/verify.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/comm.h"
+#include "base/crc32c.h"
+#include "cmd/manifest.h"
+#include "plan/segment.h"
+
+#define RULE "======================================================================"
+
+/* A short read means the file is shorter than its header says: a difference. */
+static int read_at(int fd, const char *path, uint64_t off, void *buf, size_t n, fm_err *e)
+{
+    uint8_t *p = buf;
+    while (n) {
+        ssize_t k = pread(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return fm_fail(e, FM_EIO, "cannot read %s: %s", path, strerror(errno));
+        if (k == 0) return fm_fail(e, FM_EDIFFER, "%s: ends at byte %" PRIu64 ", before the data its header describes (truncated?)", path, off);
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+/* CRC-32C of bytes [off, off+len) of a file, read in chunks of buf. */
+static int crc_range(int fd, const char *path, uint64_t off, uint64_t len, uint8_t *buf, uint32_t *crc, fm_err *e)
+{
+    uint32_t c = 0;
+    while (len) {
+        size_t n = (size_t)FM_MIN(len, (uint64_t)VF_CHUNK);
+        FM_TRY(read_at(fd, path, off, buf, n, e));
+        c = crc32c_update(c, buf, n);
+        off += n;
+        len -= n;
+    }
+    *crc = c;
+    return 0;
+}
+
+#ifdef FM_TEST_HOOKS
+/* test builds only: FSDPMERGE_TEST_CORRUPT=OFFSET flips a byte of the first
+ * output file between the write and the re-read (tests of --verify) */
+static void test_corrupt(const char *path)
+{
+    const char *s = getenv("FSDPMERGE_TEST_CORRUPT");
+    if (s == NULL) return;
+    int fd = open(path, O_RDWR);
+    uint8_t b;
+    off_t off = (off_t)strtoull(s, NULL, 10);
+    if (fd >= 0 && pread(fd, &b, 1, off) == 1) {
+        b ^= 0x01;
+        if (pwrite(fd, &b, 1, off) == 1) fsync(fd);
+    }
+    if (fd >= 0) close(fd);
+}
+#endif
+
+static int reread_file(const char *dir, const plan *pl, size_t f, const uint32_t *crc, uint8_t *buf, uint64_t *bytes,
+                       fm_err *e)
+{
+    const plan_file *pf = &pl->files[f];
+    char *path = fm_path_join(dir, pf->name);
+    if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+#ifdef FM_TEST_HOOKS
+    if (f == 0) test_corrupt(path);
+#endif
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
+    struct stat sb;
+    if (fd < 0) rc = fm_fail(e, FM_EIO, "--verify: cannot open %s: %s", path, strerror(errno));
+    else if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size != pf->size)
+        rc = fm_fail(e, FM_EDIFFER, "--verify: %s holds %lld bytes on disk, %" PRIu64 " were written", pf->name,
+                     (long long)sb.st_size, pf->size);
+    /* the files were flushed: drop their clean pages so that the reads below come from the disk */
+    if (rc == 0) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    if (rc == 0 && pf->data_start <= VF_CHUNK && (rc = read_at(fd, path, 0, buf, pf->data_start, e)) == 0 &&
+        memcmp(buf, pf->header.data, pf->data_start) != 0)
+        rc = fm_fail(e, FM_EDIFFER, "--verify: the header of %s read back from disk differs from the one written", pf->name);
+    for (size_t i = pf->first; rc == 0 && i < pf->first + pf->count; i++) {
+        const plan_tensor *t = &pl->tensors[i];
+        uint32_t c = 0;
+        rc = crc_range(fd, path, pf->data_start + t->begin, t->end - t->begin, buf, &c, e);
+        if (rc == 0 && c != crc[i])
+            rc = fm_fail(e, FM_EDIFFER, "--verify: tensor '%s' in %s read back from disk has CRC-32C %08" PRIx32
+                         ", the bytes written had %08" PRIx32, t->name, pf->name, c, crc[i]);
+    }
+    *bytes += pf->size;
+    if (fd >= 0) close(fd);
+    free(path);
+    return rc;
+}
+
+int vf_reread(const char *dir, const plan *pl, const uint32_t *crc, uint64_t *bytes, fm_err *e)
+{
+    uint8_t *buf = malloc(VF_CHUNK);
+    int rc = buf ? 0 : fm_fail(e, FM_ENOMEM, "out of memory");
+    for (size_t f = 0; rc == 0 && f < pl->nfiles; f++) rc = reread_file(dir, pl, f, crc, buf, bytes, e);
+    free(buf);
+    return rc;
+}
+
+/* ---- describing a difference ---- */
+
+void vf_describe_elem(fm_buf *b, const sr_tensor *t, const char *path, uint64_t elem)
+{
+    fm_buf_printf(b, "element %" PRIu64 " [", elem);
+    uint64_t rest = elem;
+    int64_t idx[SR_MAX_DIMS] = {0};
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        if (t->shape[d] > 0) {
+            idx[d] = (int64_t)(rest % (uint64_t)t->shape[d]);
+            rest /= (uint64_t)t->shape[d];
+        }
+    }
+    for (int d = 0; d < t->ndim; d++) fm_buf_printf(b, "%s%" PRId64, d ? ", " : "", idx[d]);
+    fm_buf_puts(b, "]");
+    size_t es = dt_size(t->dtype);
+    uint8_t raw[8];
+    fm_err ignore = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && elem < t->numel && read_at(fd, path, t->begin + elem * es, raw, es, &ignore) == 0) {
+        double v;
+        if (dt_is_float(t->dtype) && dt_convert(t->dtype, DT_F64, raw, &v, 1, false)) fm_buf_printf(b, " = %.9g", v);
+        else {
+            fm_buf_puts(b, " = 0x");
+            for (size_t k = es; k-- > 0;) fm_buf_printf(b, "%02x", raw[k]);
+        }
+    }
+    if (fd >= 0) close(fd);
+}
+
+/* ---- the verify command without a checkpoint ---- */
+
+typedef struct vrun {
+    const cli_opts *o;
+    int me, nprocs;
+    sr_model outm, refm;
+    fm_buf lines;           /* this process's report lines */
+    uint64_t checked, bad, bytes;
+    uint8_t *a, *b;         /* VF_CHUNK each */
+    double *da, *db;        /* VF_CHUNK / 2 elements each: chunks converted to float64 */
+} vrun;
+
+static void mismatch(vrun *v, const char *fmt, ...) FM_PRINTF(2, 3);
+static void mismatch(vrun *v, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fm_buf_printf(&v->lines, "  MISMATCH %s\n", line);
+    v->bad++;
+}
+
+static int check_manifest_tensor(vrun *v, const mf_tensor *mt, fm_err *e)
+{
+    const sr_tensor *t = sr_find(&v->outm, mt->name);
+    if (t == NULL) {
+        mismatch(v, "%s: in the manifest, not in the safetensors files", mt->name);
+        return 0;
+    }
+    const char *file = v->outm.files[t->file].name;
+    if (strcmp(file, mt->file) != 0 || strcmp(dt_st_name(t->dtype), mt->dtype) != 0) {
+        mismatch(v, "%s: in %s as %s, the manifest says %s as %s", mt->name, file, dt_st_name(t->dtype), mt->file, mt->dtype);
+        return 0;
+    }
+    const char *path = v->outm.files[t->file].path;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fm_fail(e, FM_EIO, "cannot open %s: %s", path, strerror(errno));
+    uint32_t c = 0;
+    int rc = crc_range(fd, path, t->begin, t->end - t->begin, v->a, &c, e);
+    close(fd);
+    FM_TRY(rc);
+    v->checked++;
+    v->bytes += t->end - t->begin;
+    if (c != mt->crc32c)
+        mismatch(v, "%s (%s): CRC-32C %08" PRIx32 ", the manifest says %08" PRIx32, mt->name, file, c, mt->crc32c);
+    return 0;
+}
+
+static int by_manifest(vrun *v, fm_err *e)
+{
+    char *path = fm_path_join(v->o->verify_dir, MF_NAME), *text = NULL;
+    size_t len = 0;
+    mf_manifest m;
+    memset(&m, 0, sizeof m);
+    int rc = path ? fm_read_file(path, 1u << 30, &text, &len, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == FM_EIO)
+        fm_context(e, "verify without --checkpoint_path or --reference needs the manifest a merge writes");
+    if (rc == 0) rc = mf_parse(text, len, &m, e);
+    for (size_t i = (size_t)v->me; rc == 0 && i < m.ntensors; i += (size_t)v->nprocs) rc = check_manifest_tensor(v, &m.tensors[i], e);
+    /* tensors in the files that the manifest does not list */
+    for (size_t i = (size_t)v->me; rc == 0 && i < v->outm.ntensors; i += (size_t)v->nprocs) {
+        bool listed = false;
+        for (size_t k = 0; k < m.ntensors && !listed; k++) listed = strcmp(m.tensors[k].name, v->outm.tensors[i].name) == 0;
+        if (!listed) mismatch(v, "%s: in the safetensors files, not in the manifest", v->outm.tensors[i].name);
+    }
+    mf_free(&m);
+    free(text);
+    free(path);
+    return rc;
+}
+
+/* First differing element of two tensors of one shape: bytes when the
+ * dtypes are equal and no tolerance is given, else as float64 with
+ * |a - b| <= atol + rtol * |b| (NaN equals NaN). */
+static int compare_data(vrun *v, const sr_tensor *ta, const sr_tensor *tb, uint64_t *first, fm_err *e)
+{
+    const char *pa = v->outm.files[ta->file].path, *pb = v->refm.files[tb->file].path;
+    bool bytes = ta->dtype == tb->dtype && v->o->atol == 0 && v->o->rtol == 0;
+    size_t ea = dt_size(ta->dtype), eb = dt_size(tb->dtype), per = VF_CHUNK / 8;
+    int fa = open(pa, O_RDONLY | O_CLOEXEC), fb = open(pb, O_RDONLY | O_CLOEXEC), rc = 0;
+    if (fa < 0 || fb < 0) rc = fm_fail(e, FM_EIO, "cannot open %s: %s", fa < 0 ? pa : pb, strerror(errno));
+    *first = UINT64_MAX;
+    for (uint64_t at = 0; rc == 0 && at < ta->numel && *first == UINT64_MAX; at += per) {
+        size_t n = (size_t)FM_MIN((uint64_t)per, ta->numel - at);
+        rc = read_at(fa, pa, ta->begin + at * ea, v->a, n * ea, e);
+        if (rc == 0) rc = read_at(fb, pb, tb->begin + at * eb, v->b, n * eb, e);
+        if (rc) break;
+        if (bytes) {
+            if (memcmp(v->a, v->b, n * ea) == 0) continue;
+            size_t k = 0;
+            while (memcmp(v->a + k * ea, v->b + k * ea, ea) == 0) k++;
+            *first = at + k;
+            break;
+        }
+        dt_convert(ta->dtype, DT_F64, v->a, v->da, n, false);
+        dt_convert(tb->dtype, DT_F64, v->b, v->db, n, false);
+        for (size_t k = 0; k < n; k++) {
+            double x = v->da[k], y = v->db[k];
+            if ((isnan(x) && isnan(y)) || x == y || fabs(x - y) <= v->o->atol + v->o->rtol * fabs(y)) continue;
+            *first = at + k;
+            break;
+        }
+    }
+    if (fa >= 0) close(fa);
+    if (fb >= 0) close(fb);
+    v->bytes += ta->end - ta->begin;
+    return rc;
+}
+
+static int check_reference_tensor(vrun *v, const sr_tensor *tb, fm_err *e)
+{
+    const sr_tensor *ta = sr_find(&v->outm, tb->name);
+    if (ta == NULL) {
+        mismatch(v, "%s: in the reference, missing from the output", tb->name);
+        return 0;
+    }
+    bool same_shape = ta->ndim == tb->ndim && memcmp(ta->shape, tb->shape, sizeof(int64_t) * (size_t)ta->ndim) == 0;
+    bool convertible = ta->dtype == tb->dtype ||
+                       (dt_is_float(ta->dtype) && dt_is_float(tb->dtype) && (v->o->atol > 0 || v->o->rtol > 0));
+    if (!same_shape || !convertible) {
+        mismatch(v, "%s: %s of %d dims in the output, %s of %d dims in the reference%s", tb->name, dt_st_name(ta->dtype),
+                 ta->ndim, dt_st_name(tb->dtype), tb->ndim,
+                 same_shape ? " (give --atol/--rtol to compare values across float dtypes)" : " (shapes differ)");
+        return 0;
+    }
+    uint64_t first;
+    FM_TRY(compare_data(v, ta, tb, &first, e));
+    v->checked++;
+    if (first == UINT64_MAX) return 0;
+    fm_buf d1 = {0}, d2 = {0};
+    vf_describe_elem(&d1, ta, v->outm.files[ta->file].path, first);
+    vf_describe_elem(&d2, tb, v->refm.files[tb->file].path, first);
+    fm_buf_putc(&d1, '\0');
+    fm_buf_putc(&d2, '\0');
+    const char *s2 = strchr((char *)d2.data, '=');
+    mismatch(v, "%s: first difference at %s in the output, %s in the reference", tb->name, (char *)d1.data, s2 ? s2 + 2 : "?");
+    fm_buf_free(&d1);
+    fm_buf_free(&d2);
+    return 0;
+}
+
+static int by_reference(vrun *v, fm_err *e)
+{
+    FM_TRY(sr_open(v->o->reference, "model", &v->refm, e));
+    for (size_t i = (size_t)v->me; i < v->refm.ntensors; i += (size_t)v->nprocs)
+        FM_TRY(check_reference_tensor(v, &v->refm.tensors[i], e));
+    for (size_t i = (size_t)v->me; i < v->outm.ntensors; i += (size_t)v->nprocs)
+        if (sr_find(&v->refm, v->outm.tensors[i].name) == NULL)
+            mismatch(v, "%s: in the output, not in the reference", v->outm.tensors[i].name);
+    return 0;
+}
+
+/* Rank 0 prints every process's lines, then the summary. */
+static int report(vrun *v, MPI_Comm comm, FILE *out, const char *against, double secs, fm_err *e)
+{
+    uint8_t *all = NULL;
+    uint64_t *offs = NULL, mine[3] = {v->checked, v->bad, v->bytes}, sum[3];
+    FM_TRY(comm_allgather_blobs_all(v->lines.data, v->lines.len, comm, &all, &offs, e));
+    MPI_Allreduce(mine, sum, 3, MPI_UINT64_T, MPI_SUM, comm);
+    if (v->me == 0 && !v->o->quiet) {
+        fwrite(all, 1, offs[v->nprocs], out);
+        char sz[32];
+        fprintf(out, "%s %" PRIu64 " tensors checked against %s, %s read in %.2f s: %" PRIu64 " mismatch%s\n",
+                sum[1] ? "\xe2\x9c\x97" : "\xe2\x9c\x85", sum[0], against, fm_format_bytes(sum[2], sz, sizeof sz), secs,
+                sum[1], sum[1] == 1 ? "" : "es");
+        fflush(out);
+    }
+    free(all);
+    free(offs);
+    if (sum[1]) return fm_fail(e, FM_EDIFFER, "%s differs from %s: %" PRIu64 " mismatch%s (listed above)", v->o->verify_dir,
+                               against, sum[1], sum[1] == 1 ? "" : "es");
+    return 0;
+}
+
+int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
+{
+    vrun v;
+    memset(&v, 0, sizeof v);
+    v.o = o;
+    MPI_Comm_rank(comm, &v.me);
+    MPI_Comm_size(comm, &v.nprocs);
+    double t0 = MPI_Wtime();
+    v.a = malloc(VF_CHUNK);
+    v.b = malloc(VF_CHUNK);
+    v.da = malloc(VF_CHUNK / 8 * sizeof(double));
+    v.db = malloc(VF_CHUNK / 8 * sizeof(double));
+    if (!v.a || !v.b || !v.da || !v.db) fm_fail(e, FM_ENOMEM, "out of memory");
+    if (e->code == 0 && sr_open(o->verify_dir, "model", &v.outm, e) != 0 && e->code == FM_EFORMAT)
+        e->code = FM_EDIFFER; /* a malformed output is a difference */
+    else if (e->code == 0) {
+        if (v.me == 0 && !o->quiet)
+            fprintf(out, "Verifying %s (%zu tensors in %zu file%s) against %s...\n", o->verify_dir, v.outm.ntensors,
+                    v.outm.nfiles, v.outm.nfiles == 1 ? "" : "s", o->reference ? o->reference : "its manifest");
+        if (o->reference) by_reference(&v, e);
+        else by_manifest(&v, e);
+    }
+    int rc = comm_agree_all(e, comm);
+    if (rc == 0) rc = report(&v, comm, out, o->reference ? o->reference : MF_NAME, MPI_Wtime() - t0, e);
+    sr_free(&v.outm);
+    sr_free(&v.refm);
+    fm_buf_free(&v.lines);
+    free(v.a);
+    free(v.b);
+    free(v.da);
+    free(v.db);
+    return rc;
+}
