@@ -37,12 +37,12 @@ int vf_reread(const char *dir, const plan *pl, const uint32_t *crc, uint64_t *by
 int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e);
 
 /*! vf_compare_segments() : this process's segments of pl (as a merge would
- *  convert them) against the same bytes of the output described by outm
- *  (tensors found by name; the caller has checked names, dtypes and shapes).
- *  first_diff[i] gets the lowest differing element of tensor i this process
- *  saw (UINT64_MAX when none). */
-int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *outm, int me, uint64_t *first_diff,
-                        uint64_t *bytes, fm_err *e);
+ *  convert them) against the same bytes of the output: where[i] is plan
+ *  tensor i in outm (the caller has checked its dtype and shape), NULL to
+ *  skip it. first_diff[i] gets the lowest differing element of tensor i this
+ *  process saw (left alone when none: start it at UINT64_MAX). */
+int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *outm, const sr_tensor *const *where,
+                        int me, uint64_t *first_diff, uint64_t *bytes, fm_err *e);
 
 /*! vf_describe_elem() : "element 1234 [3, 42]: VALUE" of a tensor in a file,
  *  appended to b (the value printed as a float when the dtype is one). */

@@ -323,7 +323,10 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
     if (o->checkpoint == NULL) return fm_fail(e, FM_EUSAGE, "no checkpoint given (see --help)");
     size_t n = strlen(o->checkpoint);
     while (n > 1 && o->checkpoint[n - 1] == '/') o->checkpoint[--n] = '\0';
-    o->output = o->output_arg ? fm_strdup(o->output_arg) : fm_asprintf("%s_merged", o->checkpoint);
+    if (o->command == CLI_VERIFY) o->output_arg = NULL; /* the folder to verify is the output */
+    o->output = o->command == CLI_VERIFY ? fm_strdup(o->verify_dir)
+                : o->output_arg            ? fm_strdup(o->output_arg)
+                                           : fm_asprintf("%s_merged", o->checkpoint);
     if (o->output == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     return 0;
 }

@@ -29,8 +29,7 @@ int main(int argc, char **argv)
             if (me == 0) rc = ins_run(&o, stdout, &e);
             break;
         case CLI_VERIFY:
-            rc = o.checkpoint ? fm_fail(&e, FM_EUNSUPPORTED, "verify --checkpoint_path: not built yet")
-                              : vf_run_all(&o, MPI_COMM_WORLD, stdout, &e);
+            rc = o.checkpoint ? mg_run_all(&o, MPI_COMM_WORLD, stdout, &e) : vf_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         case CLI_MERGE:
         case CLI_CHECK:

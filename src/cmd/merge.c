@@ -24,6 +24,7 @@
 #include "cmd/check.h"
 #include "cmd/manifest.h"
 #include "cmd/verify.h"
+#include "hf/stread.h"
 #include "base/crc32c.h"
 
 #define RULE "======================================================================"
@@ -200,7 +201,8 @@ static int discover(run *r, fm_err *e)
     FM_TRY(make_info(r, e));
     if (r->dry) {
         if (r->me == 0 && o->output_arg) od_check(o->output, o->force, e);
-        r->why = "check (reads every record, writes nothing)";
+        r->why = o->command == CLI_VERIFY ? "verify (re-derives every tensor, compares, writes nothing)"
+                                          : "check (reads every record, writes nothing)";
         return comm_agree_all(e, r->comm);
     }
     /* the writer creates the temporary output folder */
@@ -667,6 +669,139 @@ static int optimizer_phase(run *r, fm_err *e)
     return rc;
 }
 
+/* ---- verify OUT --checkpoint_path CKPT: the plan against what OUT holds ---- */
+
+typedef struct vstate {
+    sr_model outm;
+    const sr_tensor **where; /* per plan tensor: in OUT, NULL when missing or not comparable */
+    uint64_t *first;         /* per plan tensor: first differing element, UINT64_MAX none */
+    fm_buf lines;            /* rank 0's report */
+    uint64_t bad;
+} vstate;
+
+static void vbad(vstate *v, const char *fmt, ...) FM_PRINTF(2, 3);
+static void vbad(vstate *v, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fm_buf_printf(&v->lines, "  MISMATCH %s\n", line);
+    v->bad++;
+}
+
+/* Names, dtypes, shapes and files (identical on every process). */
+static void verify_layout(run *r, vstate *v)
+{
+    for (size_t i = 0; i < r->pl.ntensors; i++) {
+        const plan_tensor *t = &r->pl.tensors[i];
+        const sr_tensor *o = sr_find(&v->outm, t->name);
+        if (o == NULL) {
+            vbad(v, "%s: a merge writes it, the output lacks it", t->name);
+            continue;
+        }
+        if (o->dtype != t->out_dtype || o->ndim != t->ndim || memcmp(o->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim))
+            vbad(v, "%s: %s of %d dims in the output, a merge writes %s of %d dims (shape or dtype differs; --dtype?)",
+                 t->name, dt_st_name(o->dtype), o->ndim, dt_st_name(t->out_dtype), t->ndim);
+        else
+            v->where[i] = o;
+        if (strcmp(v->outm.files[o->file].name, r->pl.files[t->file].name) != 0)
+            vbad(v, "%s: in %s, a merge puts it in %s (--max-shard-size?)", t->name, v->outm.files[o->file].name,
+                 r->pl.files[t->file].name);
+    }
+    for (size_t i = 0; i < v->outm.ntensors; i++) {
+        bool known = false;
+        for (size_t k = 0; k < r->pl.ntensors && !known; k++) known = strcmp(r->pl.tensors[k].name, v->outm.tensors[i].name) == 0;
+        if (!known) vbad(v, "%s: in the output, not in the checkpoint", v->outm.tensors[i].name);
+    }
+}
+
+/* The first line where two texts differ, for the report. */
+static void text_diff(vstate *v, const char *what, const char *want, size_t wlen, const char *have, size_t hlen)
+{
+    if (have && wlen == hlen && memcmp(want, have, wlen) == 0) return;
+    if (have == NULL) {
+        vbad(v, "%s: a merge writes it, the output lacks it", what);
+        return;
+    }
+    size_t i = 0, line = 1, start = 0;
+    while (i < wlen && i < hlen && want[i] == have[i])
+        if (want[i++] == '\n') line++, start = i;
+    int wl = (int)(strcspn(want + start, "\n")), hl = (int)(strcspn(have + start, "\n"));
+    vbad(v, "%s: line %zu is '%.*s' in the output, a merge writes '%.*s'", what, line, FM_MIN(hl, 200), have + start,
+         FM_MIN(wl, 200), want + start);
+}
+
+static void verify_side_files(run *r, vstate *v)
+{
+    char *path = NULL, *have = NULL, *want = NULL;
+    size_t hlen = 0, wlen = 0;
+    fm_err ignore = {0};
+    if (r->config && config_text(r, &want, &wlen, &ignore) == 0 && (path = fm_path_join(r->o->output, "config.json"))) {
+        if (fm_read_file(path, 64u << 20, &have, &hlen, &ignore)) have = NULL;
+        text_diff(v, "config.json", want, wlen, have, hlen);
+    }
+    if (r->pl.index_json)
+        text_diff(v, "model.safetensors.index.json", r->pl.index_json, strlen(r->pl.index_json), v->outm.index_text,
+                  v->outm.index_text ? strlen(v->outm.index_text) : 0);
+    else if (v->outm.index_text)
+        vbad(v, "model.safetensors.index.json: in the output, a merge writes one model.safetensors");
+    free(path);
+    free(have);
+    free(want);
+}
+
+static int verify_phase(run *r, fm_err *e)
+{
+    vstate v;
+    memset(&v, 0, sizeof v);
+    double t = MPI_Wtime();
+    uint64_t bytes = 0, sums[2];
+    say(r, "Comparing %s with the checkpoint (every tensor re-derived from the shards)...\n", r->o->output);
+    if (sr_open(r->o->output, "model", &v.outm, e) == FM_EFORMAT) e->code = FM_EDIFFER;
+    v.where = calloc(r->pl.ntensors + 1, sizeof *v.where);
+    v.first = malloc((r->pl.ntensors + 1) * sizeof *v.first);
+    if (e->code == 0 && (v.where == NULL || v.first == NULL)) fm_fail(e, FM_ENOMEM, "out of memory");
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) {
+        verify_layout(r, &v);
+        for (size_t i = 0; i < r->pl.ntensors; i++) v.first[i] = UINT64_MAX;
+        vf_compare_segments(&r->pl, r->zips, &v.outm, v.where, r->me, v.first, &bytes, e);
+        rc = comm_agree_all(e, r->comm);
+    }
+    if (rc == 0 && r->pl.ntensors)
+        MPI_Allreduce(MPI_IN_PLACE, v.first, (int)r->pl.ntensors, MPI_UINT64_T, MPI_MIN, r->comm); /* plans stay far below 2^31 tensors */
+    uint64_t mine[2] = {bytes, 0};
+    MPI_Allreduce(mine, sums, 2, MPI_UINT64_T, MPI_SUM, r->comm);
+    if (rc == 0 && r->me == 0) {
+        for (size_t i = 0; i < r->pl.ntensors; i++) {
+            if (v.first[i] == UINT64_MAX) continue;
+            fm_buf d = {0};
+            vf_describe_elem(&d, v.where[i], v.outm.files[v.where[i]->file].path, v.first[i]);
+            fm_buf_putc(&d, '\0');
+            vbad(&v, "%s: first difference at %s in the output", r->pl.tensors[i].name, d.data ? (char *)d.data : "?");
+            fm_buf_free(&d);
+        }
+        verify_side_files(r, &v);
+        char sz[32];
+        if (r->talk && v.lines.len) fwrite(v.lines.data, 1, v.lines.len, r->out);
+        say(r, "%s %zu tensors checked against the checkpoint, %s compared in %.2f s: %" PRIu64 " mismatch%s\n",
+            v.bad ? "\xe2\x9c\x97" : "\xe2\x9c\x85", r->pl.ntensors, fm_format_bytes(sums[0], sz, sizeof sz),
+            MPI_Wtime() - t, v.bad, v.bad == 1 ? "" : "es");
+        if (r->o->optimizer || r->o->format != CLI_FORMAT_SAFETENSORS)
+            say(r, "  note: optimizer/, extra_state_merged.pt and model.h5 are not compared yet\n");
+        if (v.bad) fm_fail(e, FM_EDIFFER, "%s differs from what a merge of %s writes: %" PRIu64 " mismatch%s (listed above)",
+                           r->o->output, r->o->checkpoint, v.bad, v.bad == 1 ? "" : "es");
+    }
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    sr_free(&v.outm);
+    free(v.where);
+    free(v.first);
+    fm_buf_free(&v.lines);
+    return rc;
+}
+
 /* ---- the check command: read everything, plan, print, write nothing ---- */
 
 static int read_everything(run *r, const optrun *op, uint64_t *bytes, fm_err *e)
@@ -783,7 +918,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     MPI_Comm_rank(comm, &r.me);
     MPI_Comm_size(comm, &r.nprocs);
     r.talk = r.me == 0 && !o->quiet;
-    r.dry = o->command == CLI_CHECK;
+    r.dry = o->command == CLI_CHECK || o->command == CLI_VERIFY;
     double t0 = MPI_Wtime(), t;
     int rc = discover(&r, e);
     r.times.discover = MPI_Wtime() - t0;
@@ -803,9 +938,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         if (rc == 0) rc = make_plan(&r, e);
         r.times.plan = MPI_Wtime() - t;
     }
-    if (rc == 0 && r.dry) {
-        rc = check_phase(&r, e);
-    }
+    if (rc == 0 && r.dry) rc = o->command == CLI_VERIFY ? verify_phase(&r, e) : check_phase(&r, e);
     if (rc == 0 && !r.dry) {
         t = MPI_Wtime();
         rc = move_data(&r, e);

@@ -110,6 +110,56 @@ int vf_reread(const char *dir, const plan *pl, const uint32_t *crc, uint64_t *by
     return rc;
 }
 
+/* ---- against the checkpoint ---- */
+
+static int compare_file(const plan *pl, size_t f, sg_sources *src, const sr_model *outm, const sr_tensor *const *where,
+                        int me, uint8_t *mine, uint8_t *theirs, int *fds, uint64_t *first_diff, uint64_t *bytes, fm_err *e)
+{
+    sg_stream st;
+    int rc = sg_stream_init(&st, pl, (int)f, me, e);
+    sg_seg sg;
+    while (rc == 0 && sg_stream_next(&st, VF_CHUNK, &sg)) {
+        const plan_tensor *t = &pl->tensors[sg.tensor];
+        const sr_tensor *o = where[sg.tensor];
+        size_t es = dt_size(t->out_dtype), len = (size_t)(sg.n * es);
+        if ((rc = sg_read(src, pl, &sg, mine, e))) break; /* read even when skipped: the records' CRCs are checked */
+        if (o == NULL) continue;
+        const sr_file *of = &outm->files[o->file];
+        if (fds[o->file] < 0 && (fds[o->file] = open(of->path, O_RDONLY | O_CLOEXEC)) < 0) {
+            rc = fm_fail(e, FM_EIO, "cannot open %s: %s", of->path, strerror(errno));
+            break;
+        }
+        if ((rc = read_at(fds[o->file], of->path, o->begin + (sg.out - t->begin), theirs, len, e))) break;
+        *bytes += len;
+        if (memcmp(mine, theirs, len) == 0) continue;
+        size_t k = 0;
+        while (memcmp(mine + k * es, theirs + k * es, es) == 0) k++;
+        uint64_t elem = (sg.out - t->begin) / es + k;
+        if (elem < first_diff[sg.tensor]) first_diff[sg.tensor] = elem;
+    }
+    sg_stream_free(&st);
+    return rc;
+}
+
+int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *outm, const sr_tensor *const *where,
+                        int me, uint64_t *first_diff, uint64_t *bytes, fm_err *e)
+{
+    sg_sources src;
+    uint8_t *mine = malloc(VF_CHUNK), *theirs = malloc(VF_CHUNK);
+    int *fds = malloc(sizeof(int) * (outm->nfiles + 1));
+    int rc = mine && theirs && fds ? sg_sources_init(&src, pl, zips, me, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    for (size_t k = 0; fds && k < outm->nfiles; k++) fds[k] = -1;
+    for (size_t f = 0; rc == 0 && f < pl->nfiles; f++)
+        rc = compare_file(pl, f, &src, outm, where, me, mine, theirs, fds, first_diff, bytes, e);
+    if (mine && theirs && fds) sg_sources_free(&src);
+    for (size_t k = 0; fds && k < outm->nfiles; k++)
+        if (fds[k] >= 0) close(fds[k]);
+    free(fds);
+    free(mine);
+    free(theirs);
+    return rc;
+}
+
 /* ---- describing a difference ---- */
 
 void vf_describe_elem(fm_buf *b, const sr_tensor *t, const char *path, uint64_t elem)
