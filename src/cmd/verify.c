@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 
 #include "base/comm.h"
 #include "base/crc32c.h"
+#include "base/numcmp.h"
 #include "cmd/manifest.h"
 #include "plan/segment.h"
 
@@ -199,7 +199,7 @@ typedef struct vrun {
     fm_buf lines;           /* this process's report lines */
     uint64_t checked, bad, bytes;
     uint8_t *a, *b;         /* VF_CHUNK each */
-    double *da, *db;        /* VF_CHUNK / 2 elements each: chunks converted to float64 */
+    double *scratch;        /* 2 * VF_CHUNK / 8 doubles: chunks converted to float64 */
 } vrun;
 
 static void mismatch(vrun *v, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -263,13 +263,11 @@ static int by_manifest(vrun *v, fm_err *e)
     return rc;
 }
 
-/* First differing element of two tensors of one shape: bytes when the
- * dtypes are equal and no tolerance is given, else as float64 with
- * |a - b| <= atol + rtol * |b| (NaN equals NaN). */
+/* First differing element of two tensors of one shape (base/numcmp.h), in chunks. */
 static int compare_data(vrun *v, const sr_tensor *ta, const sr_tensor *tb, uint64_t *first, fm_err *e)
 {
     const char *pa = v->outm.files[ta->file].path, *pb = v->refm.files[tb->file].path;
-    bool bytes = ta->dtype == tb->dtype && v->o->atol == 0 && v->o->rtol == 0;
+    nc_tol tol = {v->o->atol, v->o->rtol};
     size_t ea = dt_size(ta->dtype), eb = dt_size(tb->dtype), per = VF_CHUNK / 8;
     int fa = open(pa, O_RDONLY | O_CLOEXEC), fb = open(pb, O_RDONLY | O_CLOEXEC), rc = 0;
     if (fa < 0 || fb < 0) rc = fm_fail(e, FM_EIO, "cannot open %s: %s", fa < 0 ? pa : pb, strerror(errno));
@@ -278,22 +276,8 @@ static int compare_data(vrun *v, const sr_tensor *ta, const sr_tensor *tb, uint6
         size_t n = (size_t)FM_MIN((uint64_t)per, ta->numel - at);
         rc = read_at(fa, pa, ta->begin + at * ea, v->a, n * ea, e);
         if (rc == 0) rc = read_at(fb, pb, tb->begin + at * eb, v->b, n * eb, e);
-        if (rc) break;
-        if (bytes) {
-            if (memcmp(v->a, v->b, n * ea) == 0) continue;
-            size_t k = 0;
-            while (memcmp(v->a + k * ea, v->b + k * ea, ea) == 0) k++;
-            *first = at + k;
-            break;
-        }
-        dt_convert(ta->dtype, DT_F64, v->a, v->da, n, false);
-        dt_convert(tb->dtype, DT_F64, v->b, v->db, n, false);
-        for (size_t k = 0; k < n; k++) {
-            double x = v->da[k], y = v->db[k];
-            if ((isnan(x) && isnan(y)) || x == y || fabs(x - y) <= v->o->atol + v->o->rtol * fabs(y)) continue;
-            *first = at + k;
-            break;
-        }
+        size_t k = rc == 0 ? nc_first_diff(ta->dtype, v->a, tb->dtype, v->b, n, &tol, v->scratch) : n;
+        if (k < n) *first = at + k;
     }
     if (fa >= 0) close(fa);
     if (fb >= 0) close(fb);
@@ -309,8 +293,8 @@ static int check_reference_tensor(vrun *v, const sr_tensor *tb, fm_err *e)
         return 0;
     }
     bool same_shape = ta->ndim == tb->ndim && memcmp(ta->shape, tb->shape, sizeof(int64_t) * (size_t)ta->ndim) == 0;
-    bool convertible = ta->dtype == tb->dtype ||
-                       (dt_is_float(ta->dtype) && dt_is_float(tb->dtype) && (v->o->atol > 0 || v->o->rtol > 0));
+    nc_tol tol = {v->o->atol, v->o->rtol};
+    bool convertible = nc_comparable(ta->dtype, tb->dtype, &tol);
     if (!same_shape || !convertible) {
         mismatch(v, "%s: %s of %d dims in the output, %s of %d dims in the reference%s", tb->name, dt_st_name(ta->dtype),
                  ta->ndim, dt_st_name(tb->dtype), tb->ndim,
@@ -376,9 +360,8 @@ int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     double t0 = MPI_Wtime();
     v.a = malloc(VF_CHUNK);
     v.b = malloc(VF_CHUNK);
-    v.da = malloc(VF_CHUNK / 8 * sizeof(double));
-    v.db = malloc(VF_CHUNK / 8 * sizeof(double));
-    if (!v.a || !v.b || !v.da || !v.db) fm_fail(e, FM_ENOMEM, "out of memory");
+    v.scratch = malloc(2 * (VF_CHUNK / 8) * sizeof(double));
+    if (!v.a || !v.b || !v.scratch) fm_fail(e, FM_ENOMEM, "out of memory");
     if (e->code == 0 && sr_open(o->verify_dir, "model", &v.outm, e) != 0 && e->code == FM_EFORMAT)
         e->code = FM_EDIFFER; /* a malformed output is a difference */
     else if (e->code == 0) {
@@ -395,7 +378,6 @@ int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     fm_buf_free(&v.lines);
     free(v.a);
     free(v.b);
-    free(v.da);
-    free(v.db);
+    free(v.scratch);
     return rc;
 }
