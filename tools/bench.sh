@@ -12,7 +12,10 @@
 #     what the disk can take when no copy into the page cache is made;
 #   - fsdpmerge at -np 1, 2, 4 (BENCH_NPS) in gather and direct mode
 #     (BENCH_MODES), bf16 output, mpirun start-up included: wall time, GB/s of
-#     input, ratio to the floor, peak RSS of every process (GNU time).
+#     input, ratio to the floor, peak RSS of every process (GNU time);
+#   - the same for `check CKPT` (reads every record, writes nothing) and
+#     `verify OUT --checkpoint_path CKPT` (of a merge made once beforehand),
+#     rows "check" and "verify": targets, at least as fast as the merge.
 # Every measurement starts after `sync` (no earlier write-back in flight)
 # and is repeated BENCH_REPEAT times (default 3); the table shows the median.
 # Prints a table, writes docs/benchmarks-results.md and docs/bench.png, and
@@ -24,7 +27,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 BENCH_DIR=${BENCH_DIR:-/tmp/fsdpmerge-bench}
 BENCH_MODELS=${BENCH_MODELS:-"qwen2.5-0.5b qwen2.5-3b"}
 BENCH_NPS=${BENCH_NPS:-"1 2 4"}
-BENCH_MODES=${BENCH_MODES:-"gather direct hdf5"} # hdf5: --format hdf5 (parallel HDF5, model.h5)
+BENCH_MODES=${BENCH_MODES:-"gather direct hdf5 check verify"} # hdf5: --format hdf5 (parallel HDF5, model.h5)
 BENCH_EXTRA=${BENCH_EXTRA:-}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
 W=4
@@ -80,10 +83,18 @@ merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_D
     local t0 t1
     t0=$(now)
     # shellcheck disable=SC2086
-    local how=(--mode "$3")
+    local how=(--mode "$3") ck=$BENCH_DIR/$1/global_step_1
     [ "$3" = hdf5 ] && how=(--format hdf5)
-    mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$BENCH_DIR/$1/global_step_1" --output "$out" \
-        "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA
+    if [ "$3" = check ]; then
+        mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge check "$ck" --dtype bfloat16 -q $BENCH_EXTRA
+    elif [ "$3" = verify ]; then
+        # shellcheck disable=SC2086
+        mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge verify "$BENCH_DIR/verify-$1" --checkpoint_path "$ck" \
+            --dtype bfloat16 -q $BENCH_EXTRA
+    else
+        mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$ck" --output "$out" \
+            "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA
+    fi
     t1=$(now)
     rm -rf "$out"
     secs "$t0" "$t1"
@@ -104,6 +115,10 @@ for model in $BENCH_MODELS; do
     dfloor=$(calc "$t_read + $t_direct")
     printf '== %s: %.2f GB of shards; floor %.2f s (read %.2f s, write+fsync %.2f s); device floor (O_DIRECT write) %.2f s\n' \
         "$model" "$(calc "$in_bytes / 1e9")" "$floor" "$t_read" "$t_write" "$dfloor"
+    if [[ " $BENCH_MODES " == *" verify "* ]]; then # the output verify compares with, made once
+        rm -rf "$BENCH_DIR/verify-$model"
+        mpirun -np $W bin/fsdpmerge "$ck/global_step_1" --output "$BENCH_DIR/verify-$model" --dtype bfloat16 -q
+    fi
     for mode in $BENCH_MODES; do
         for np in $BENCH_NPS; do
             walls=() peaks=()
@@ -130,11 +145,20 @@ status=0
 for model in $BENCH_MODELS; do
     limit=1.5
     [ "$model" = qwen2.5-3b ] && limit=1.25
-    best=$(awk -F'\t' -v m="$model" '$1 == m { print $6 }' "$DATA" | sort -n | head -1)
+    best=$(awk -F'\t' -v m="$model" '$1 == m && $2 != "check" && $2 != "verify" { print $6 }' "$DATA" | sort -n | head -1)
     met=$(calc "$best <= $limit")
     printf 'target %-14s wall time at the best process count <= %.2fx floor: %.2fx  %s\n' "$model" "$limit" "$best" \
         "$([ "$met" = 1 ] && echo MET || echo 'NOT MET')"
     [ "$met" = 1 ] || status=1
+    merge_best=$(awk -F'\t' -v m="$model" '$1 == m && $2 != "check" && $2 != "verify" { print $4 }' "$DATA" | sort -n | head -1)
+    for cmd in check verify; do
+        cbest=$(awk -F'\t' -v m="$model" -v c="$cmd" '$1 == m && $2 == c { print $4 }' "$DATA" | sort -n | head -1)
+        [ -n "$cbest" ] || continue
+        met=$(calc "$cbest <= $merge_best")
+        printf 'target %-14s %s at its best process count at least as fast as the best merge: %.2f s vs %.2f s  %s\n' \
+            "$model" "$cmd" "$cbest" "$merge_best" "$([ "$met" = 1 ] && echo MET || echo 'NOT MET')"
+        [ "$met" = 1 ] || status=1
+    done
     worst=$(awk -F'\t' -v m="$model" '$1 == m { print $8 }' "$DATA" | sort -n | tail -1)
     printf 'target %-14s peak RSS of every process <= 256 MiB: %.1f MiB  %s\n' "$model" "$(calc "$worst / 1024")" \
         "$([ "$worst" -le $RSS_LIMIT_KB ] && echo MET || echo 'NOT MET')"
