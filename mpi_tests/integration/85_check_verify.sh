@@ -48,11 +48,11 @@ for spec in $FIXTURES; do
         || { fail "$what: verify --checkpoint_path (exit $?)"; tail -5 "$OUT_LOG"; }
     mpimerge 2 verify "$out" && pass "$what: verify against the manifest passes" || { fail "$what: verify OUT"; tail -3 "$OUT_LOG"; }
     ref=$FIX/$name/reference/bf16
-    if [ -d "$ref" ] && [ "$name" != fsdp2_ws4_tied ]; then
+    if [ -d "$ref" ]; then
         mpimerge 2 verify "$out" --reference "$ref" && pass "$what: verify --reference reference/bf16 passes (bytes)" \
             || { fail "$what: verify --reference"; tail -3 "$OUT_LOG"; }
     fi
-    [ "$name" = fsdp2_ws4_shard1 ] || rm -rf "$out"
+    [ "$name" = fsdp2_ws4_shard1 ] || [ "$name" = fsdp2_ws4_tied ] || rm -rf "$out"
 done
 
 # ---- failures, on a sharded output (4 files) ----
@@ -90,6 +90,12 @@ expect_diff "truncated shard (manifest)" "$f2" 2 "$SCRATCH/bad"
 fresh; sed -i 's/"dtype": "bfloat16"/"dtype": "float32"/' "$SCRATCH/bad/config.json"
 expect_diff "edited config.json dtype" "MISMATCH config.json: line [0-9]+ is '  \"dtype\": \"float32\",' in the output, a merge writes '  \"dtype\": \"bfloat16\",'" \
     2 "$SCRATCH/bad" --checkpoint_path "$ck" --max-shard-size 100KB
+
+# the optimizer state (verify --optimizer), on the tied fixture's sharded merge
+tied=$SCRATCH/fsdp2_ws4_tied
+$SE flip "$tied/optimizer/optimizer.safetensors" model.norm.weight.exp_avg 5
+expect_diff "flipped byte in optimizer/" "MISMATCH model.norm.weight.exp_avg: first difference at element 5 \[5\]" 2 \
+    "$tied" --checkpoint_path "$FIX/fsdp2_ws4_tied/global_step_1" --optimizer --max-shard-size 100KB
 
 expect_diff "another model's reference" "MISMATCH" 2 "$good" --reference "$FIX/fsdp1_ws2_nomesh/reference/bf16"
 expect_diff "wrong --dtype" "a merge writes F32" 2 "$good" --checkpoint_path "$ck" --max-shard-size 100KB --dtype float32

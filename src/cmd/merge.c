@@ -692,10 +692,10 @@ static void vbad(vstate *v, const char *fmt, ...)
 }
 
 /* Names, dtypes, shapes and files (identical on every process). */
-static void verify_layout(run *r, vstate *v)
+static void verify_layout(const plan *pl, vstate *v)
 {
-    for (size_t i = 0; i < r->pl.ntensors; i++) {
-        const plan_tensor *t = &r->pl.tensors[i];
+    for (size_t i = 0; i < pl->ntensors; i++) {
+        const plan_tensor *t = &pl->tensors[i];
         const sr_tensor *o = sr_find(&v->outm, t->name);
         if (o == NULL) {
             vbad(v, "%s: a merge writes it, the output lacks it", t->name);
@@ -706,13 +706,13 @@ static void verify_layout(run *r, vstate *v)
                  t->name, dt_st_name(o->dtype), o->ndim, dt_st_name(t->out_dtype), t->ndim);
         else
             v->where[i] = o;
-        if (strcmp(v->outm.files[o->file].name, r->pl.files[t->file].name) != 0)
+        if (strcmp(v->outm.files[o->file].name, pl->files[t->file].name) != 0)
             vbad(v, "%s: in %s, a merge puts it in %s (--max-shard-size?)", t->name, v->outm.files[o->file].name,
-                 r->pl.files[t->file].name);
+                 pl->files[t->file].name);
     }
     for (size_t i = 0; i < v->outm.ntensors; i++) {
         bool known = false;
-        for (size_t k = 0; k < r->pl.ntensors && !known; k++) known = strcmp(r->pl.tensors[k].name, v->outm.tensors[i].name) == 0;
+        for (size_t k = 0; k < pl->ntensors && !known; k++) known = strcmp(pl->tensors[k].name, v->outm.tensors[i].name) == 0;
         if (!known) vbad(v, "%s: in the output, not in the checkpoint", v->outm.tensors[i].name);
     }
 }
@@ -742,62 +742,89 @@ static void verify_side_files(run *r, vstate *v)
         if (fm_read_file(path, 64u << 20, &have, &hlen, &ignore)) have = NULL;
         text_diff(v, "config.json", want, wlen, have, hlen);
     }
-    if (r->pl.index_json)
-        text_diff(v, "model.safetensors.index.json", r->pl.index_json, strlen(r->pl.index_json), v->outm.index_text,
-                  v->outm.index_text ? strlen(v->outm.index_text) : 0);
-    else if (v->outm.index_text)
-        vbad(v, "model.safetensors.index.json: in the output, a merge writes one model.safetensors");
     free(path);
     free(have);
     free(want);
+}
+
+static void verify_index(const plan *pl, vstate *v, const char *stem)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.safetensors.index.json", stem);
+    if (pl->index_json)
+        text_diff(v, name, pl->index_json, strlen(pl->index_json), v->outm.index_text,
+                  v->outm.index_text ? strlen(v->outm.index_text) : 0);
+    else if (v->outm.index_text)
+        vbad(v, "%s: in the output, a merge writes one %s.safetensors", name, stem);
+}
+
+/* One plan (the weights, or the optimizer state) against dir/stem*.safetensors. */
+static int verify_plan(run *r, const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, vstate *v,
+                       uint64_t *bytes, fm_err *e)
+{
+    if (sr_open(dir, stem, &v->outm, e) == FM_EFORMAT) e->code = FM_EDIFFER;
+    v->where = calloc(pl->ntensors + 1, sizeof *v->where);
+    v->first = malloc((pl->ntensors + 1) * sizeof *v->first);
+    if (e->code == 0 && (v->where == NULL || v->first == NULL)) fm_fail(e, FM_ENOMEM, "out of memory");
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) {
+        verify_layout(pl, v);
+        for (size_t i = 0; i < pl->ntensors; i++) v->first[i] = UINT64_MAX;
+        vf_compare_segments(pl, zips, &v->outm, v->where, r->me, v->first, bytes, e);
+        rc = comm_agree_all(e, r->comm);
+    }
+    if (rc == 0 && pl->ntensors)
+        MPI_Allreduce(MPI_IN_PLACE, v->first, (int)pl->ntensors, MPI_UINT64_T, MPI_MIN, r->comm); /* plans stay far below 2^31 tensors */
+    for (size_t i = 0; rc == 0 && r->me == 0 && i < pl->ntensors; i++) {
+        if (v->first[i] == UINT64_MAX) continue;
+        fm_buf d = {0};
+        vf_describe_elem(&d, v->where[i], v->outm.files[v->where[i]->file].path, v->first[i]);
+        fm_buf_putc(&d, '\0');
+        vbad(v, "%s: first difference at %s in the output", pl->tensors[i].name, d.data ? (char *)d.data : "?");
+        fm_buf_free(&d);
+    }
+    if (rc == 0) verify_index(pl, v, stem);
+    sr_free(&v->outm);
+    free(v->where);
+    free(v->first);
+    v->where = NULL;
+    v->first = NULL;
+    return rc;
 }
 
 static int verify_phase(run *r, fm_err *e)
 {
     vstate v;
     memset(&v, 0, sizeof v);
+    optrun op;
+    memset(&op, 0, sizeof op);
+    char warning[512] = "";
     double t = MPI_Wtime();
-    uint64_t bytes = 0, sums[2];
+    uint64_t bytes = 0, all = 0;
+    size_t ntensors = r->pl.ntensors;
     say(r, "Comparing %s with the checkpoint (every tensor re-derived from the shards)...\n", r->o->output);
-    if (sr_open(r->o->output, "model", &v.outm, e) == FM_EFORMAT) e->code = FM_EDIFFER;
-    v.where = calloc(r->pl.ntensors + 1, sizeof *v.where);
-    v.first = malloc((r->pl.ntensors + 1) * sizeof *v.first);
-    if (e->code == 0 && (v.where == NULL || v.first == NULL)) fm_fail(e, FM_ENOMEM, "out of memory");
-    int rc = comm_agree_all(e, r->comm);
-    if (rc == 0) {
-        verify_layout(r, &v);
-        for (size_t i = 0; i < r->pl.ntensors; i++) v.first[i] = UINT64_MAX;
-        vf_compare_segments(&r->pl, r->zips, &v.outm, v.where, r->me, v.first, &bytes, e);
-        rc = comm_agree_all(e, r->comm);
+    int rc = verify_plan(r, &r->pl, r->zips, r->o->output, "model", &v, &bytes, e);
+    if (rc == 0 && r->o->optimizer) {
+        op.dir = fm_path_join(r->o->output, "optimizer");
+        rc = prepare_optim(r, &op, warning, sizeof warning, e);
+        if (rc == 0) rc = verify_plan(r, &op.pl, op.zips, op.dir, "optimizer", &v, &bytes, e);
+        ntensors += op.pl.ntensors;
     }
-    if (rc == 0 && r->pl.ntensors)
-        MPI_Allreduce(MPI_IN_PLACE, v.first, (int)r->pl.ntensors, MPI_UINT64_T, MPI_MIN, r->comm); /* plans stay far below 2^31 tensors */
-    uint64_t mine[2] = {bytes, 0};
-    MPI_Allreduce(mine, sums, 2, MPI_UINT64_T, MPI_SUM, r->comm);
+    free_optim(r, &op);
+    MPI_Reduce(&bytes, &all, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
     if (rc == 0 && r->me == 0) {
-        for (size_t i = 0; i < r->pl.ntensors; i++) {
-            if (v.first[i] == UINT64_MAX) continue;
-            fm_buf d = {0};
-            vf_describe_elem(&d, v.where[i], v.outm.files[v.where[i]->file].path, v.first[i]);
-            fm_buf_putc(&d, '\0');
-            vbad(&v, "%s: first difference at %s in the output", r->pl.tensors[i].name, d.data ? (char *)d.data : "?");
-            fm_buf_free(&d);
-        }
         verify_side_files(r, &v);
         char sz[32];
         if (r->talk && v.lines.len) fwrite(v.lines.data, 1, v.lines.len, r->out);
         say(r, "%s %zu tensors checked against the checkpoint, %s compared in %.2f s: %" PRIu64 " mismatch%s\n",
-            v.bad ? "\xe2\x9c\x97" : "\xe2\x9c\x85", r->pl.ntensors, fm_format_bytes(sums[0], sz, sizeof sz),
-            MPI_Wtime() - t, v.bad, v.bad == 1 ? "" : "es");
-        if (r->o->optimizer || r->o->format != CLI_FORMAT_SAFETENSORS)
-            say(r, "  note: optimizer/, extra_state_merged.pt and model.h5 are not compared yet\n");
+            v.bad ? "\xe2\x9c\x97" : "\xe2\x9c\x85", ntensors, fm_format_bytes(all, sz, sizeof sz), MPI_Wtime() - t, v.bad,
+            v.bad == 1 ? "" : "es");
+        if (r->o->format != CLI_FORMAT_SAFETENSORS) say(r, "  note: model.h5 is not compared\n");
+        say(r, "  note: extra_state_merged.pt and optimizer_state.json are not compared\n");
         if (v.bad) fm_fail(e, FM_EDIFFER, "%s differs from what a merge of %s writes: %" PRIu64 " mismatch%s (listed above)",
                            r->o->output, r->o->checkpoint, v.bad, v.bad == 1 ? "" : "es");
     }
     if (rc == 0) rc = comm_agree_all(e, r->comm);
-    sr_free(&v.outm);
-    free(v.where);
-    free(v.first);
     fm_buf_free(&v.lines);
     return rc;
 }
