@@ -25,12 +25,14 @@
 
 #define VF_CHUNK (1u << 20)
 
-/*! vf_reread() : merge --verify, on the writer before the rename: drops the
- *  output files from the page cache (they were flushed) and reads them back
- *  from disk: each file's size and header bytes, and each tensor's CRC-32C
- *  against crc[] (computed as the data was converted). FM_EDIFFER names the
- *  first file and tensor that differ. *bytes gets the bytes read. */
-int vf_reread(const char *dir, const plan *pl, const uint32_t *crc, uint64_t *bytes, fm_err *e);
+/*! vf_reread_all() : COLLECTIVE over comm (every process of which sees
+ *  dir). merge --verify, before the rename: drops the output files from the
+ *  page cache (they were flushed) and reads them back from disk, tensors
+ *  split across the processes: each file's size and header bytes, and each
+ *  tensor's CRC-32C against crc[] (computed as the data was converted).
+ *  FM_EDIFFER names a file and tensor that differ. *bytes gets the bytes
+ *  this process read. */
+int vf_reread_all(const char *dir, const plan *pl, const uint32_t *crc, MPI_Comm comm, uint64_t *bytes, fm_err *e);
 
 /*! vf_run_all() : COLLECTIVE. The verify command without a checkpoint:
  *  against the manifest, or against o->reference. */

@@ -879,13 +879,17 @@ static int check_phase(run *r, fm_err *e)
     return rc;
 }
 
-/* --verify: the writer reads the weights back from disk before the rename */
+/* --verify: the weights read back from disk before the rename, by every
+ * process in direct mode (they all see the folder), by the writer in gather */
 static int verify_written(run *r, fm_err *e)
 {
     if (!r->o->verify || r->crc == NULL) return 0;
     double t = MPI_Wtime();
-    uint64_t bytes = 0;
-    FM_TRY(vf_reread(r->tmpdir, &r->pl, r->crc, &bytes, e));
+    uint64_t mine = 0, bytes = 0;
+    if (r->direct) vf_reread_all(r->tmpdir, &r->pl, r->crc, r->comm, &mine, e);
+    else if (r->me == r->writer) vf_reread_all(r->tmpdir, &r->pl, r->crc, MPI_COMM_SELF, &mine, e);
+    FM_TRY(comm_agree_all(e, r->comm));
+    MPI_Reduce(&mine, &bytes, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
     char sz[32];
     say(r, "\xe2\x9c\x93 Verified: read %s back from disk in %.2f s, every tensor's CRC-32C equals the one computed "
         "as it was converted\n", fm_format_bytes(bytes, sz, sizeof sz), MPI_Wtime() - t);
@@ -894,9 +898,10 @@ static int verify_written(run *r, fm_err *e)
 
 static int finalize(run *r, fm_err *e)
 {
-    if (r->me == r->writer) {
-        if (write_side_files(r, e) == 0 && verify_written(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
-    }
+    if (r->me == r->writer) write_side_files(r, e);
+    FM_TRY(comm_agree_all(e, r->comm));
+    FM_TRY(verify_written(r, e));
+    if (r->me == r->writer) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
     FM_TRY(comm_agree_all(e, r->comm));
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
                        r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
