@@ -3,9 +3,9 @@
  * range. Only the headers are read, never tensor data.
  *
  * A folder holds model.safetensors, or shards listed by
- * model.safetensors.index.json (weight_map). Every header is checked: length
- * within the file, valid JSON, known dtype, shape and data_offsets
- * consistent (end - begin == numel * element size, inside the file). With an
+ * model.safetensors.index.json (weight_map). Every header is parsed and
+ * checked by hf/st (st_read_header: known dtypes, offsets contiguous,
+ * matching the shapes and the file size). With an
  * index, every tensor of the weight_map must be in the file it names, and
  * every tensor of the shards must be in the weight_map.
  */
@@ -17,8 +17,9 @@
 
 #include "base/dtype.h"
 #include "base/err.h"
+#include "hf/st.h"
 
-#define SR_MAX_DIMS 16
+#define SR_MAX_DIMS ST_MAX_DIMS
 
 typedef struct sr_tensor {
     char *name;

@@ -12,89 +12,45 @@
 #include <unistd.h>
 
 #include "base/util.h"
+#include "hf/st.h"
 
-#define MAX_HEADER (100u << 20) /* the safetensors library's own limit */
-
-static int add_tensor(sr_model *m, size_t *cap, const cJSON *t, int file, uint64_t data_start, uint64_t size,
-                      const char *path, fm_err *e)
-{
-    if (m->ntensors == *cap) {
-        size_t nc = *cap ? *cap * 2 : 64;
-        sr_tensor *p = realloc(m->tensors, nc * sizeof *p);
-        if (p == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-        m->tensors = p;
-        *cap = nc;
-    }
-    sr_tensor *st = &m->tensors[m->ntensors];
-    memset(st, 0, sizeof *st);
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(t, "dtype");
-    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(t, "shape");
-    const cJSON *of = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
-    if (!cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 ||
-        cJSON_GetArraySize(sh) > SR_MAX_DIMS)
-        return fm_fail(e, FM_EFORMAT, "%s: tensor '%s': malformed header entry", path, t->string);
-    st->dtype = dt_from_st_name(dt->valuestring);
-    if (st->dtype == DT_INVALID) return fm_fail(e, FM_EFORMAT, "%s: tensor '%s': unknown dtype %s", path, t->string, dt->valuestring);
-    st->numel = 1;
-    const cJSON *d;
-    cJSON_ArrayForEach(d, sh)
-    {
-        if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 9e15)
-            return fm_fail(e, FM_EFORMAT, "%s: tensor '%s': bad shape", path, t->string);
-        st->shape[st->ndim++] = (int64_t)d->valuedouble;
-        if (st->shape[st->ndim - 1] && st->numel > UINT64_MAX / (uint64_t)st->shape[st->ndim - 1])
-            return fm_fail(e, FM_EFORMAT, "%s: tensor '%s': shape overflows", path, t->string);
-        st->numel *= (uint64_t)st->shape[st->ndim - 1];
-    }
-    double b = cJSON_GetArrayItem(of, 0)->valuedouble, en = cJSON_GetArrayItem(of, 1)->valuedouble;
-    uint64_t room = size - data_start;
-    if (!(b >= 0 && b <= en && en <= (double)room) || (uint64_t)(en - b) / dt_size(st->dtype) != st->numel ||
-        (uint64_t)(en - b) % dt_size(st->dtype))
-        return fm_fail(e, FM_EFORMAT, "%s: tensor '%s': data_offsets [%.0f, %.0f] do not fit its shape or the file (%" PRIu64
-                       " data bytes)", path, t->string, b, en, room);
-    st->begin = data_start + (uint64_t)b;
-    st->end = data_start + (uint64_t)en;
-    st->file = file;
-    st->name = fm_strdup(t->string);
-    if (st->name == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
-    m->ntensors++;
-    return 0;
-}
-
+/* One file's tensors, from its header (hf/st validates it: dtypes, shapes,
+ * offsets contiguous and matching the file size). */
 static int read_header(sr_model *m, size_t *cap, int file, fm_err *e)
 {
     sr_file *f = &m->files[file];
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fm_fail(e, FM_EIO, "cannot open %s: %s", f->path, strerror(errno));
+    st_header_info h;
+    FM_TRY(st_read_header(f->path, &h, e));
     struct stat sb;
-    uint8_t len8[8];
+    f->size = stat(f->path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    f->data_start = h.data_start;
     int rc = 0;
-    char *text = NULL;
-    uint64_t n = 0;
-    if (fstat(fd, &sb) != 0 || pread(fd, len8, 8, 0) != 8) rc = fm_fail(e, FM_EFORMAT, "%s: shorter than 8 bytes", f->path);
-    for (int i = 7; rc == 0 && i >= 0; i--) n = n << 8 | len8[i];
-    if (rc == 0) f->size = (uint64_t)sb.st_size;
-    if (rc == 0 && (n > MAX_HEADER || n > f->size - 8))
-        rc = fm_fail(e, FM_EFORMAT, "%s: header length %" PRIu64 " past the end of the file (%" PRIu64 " bytes): truncated?",
-                     f->path, n, f->size);
-    if (rc == 0 && (text = malloc(n + 1)) == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory");
-    if (rc == 0 && pread(fd, text, n, 8) != (ssize_t)n) rc = fm_fail(e, FM_EIO, "%s: cannot read the header", f->path);
-    close(fd);
-    cJSON *j = NULL;
-    if (rc == 0) {
-        text[n] = '\0';
-        j = cJSON_ParseWithLength(text, n);
-        if (!cJSON_IsObject(j)) rc = fm_fail(e, FM_EFORMAT, "%s: the header is not a JSON object", f->path);
+    for (size_t i = 0; rc == 0 && i < h.n; i++) {
+        if (m->ntensors == *cap) {
+            size_t nc = *cap ? *cap * 2 : 64;
+            sr_tensor *p = realloc(m->tensors, nc * sizeof *p);
+            if (p == NULL) {
+                rc = fm_fail(e, FM_ENOMEM, "out of memory");
+                break;
+            }
+            m->tensors = p;
+            *cap = nc;
+        }
+        const st_entry *en = &h.entries[i];
+        sr_tensor *t = &m->tensors[m->ntensors];
+        memset(t, 0, sizeof *t);
+        t->name = fm_strdup(en->name);
+        t->dtype = en->dtype;
+        t->ndim = en->ndim;
+        memcpy(t->shape, en->shape, sizeof t->shape);
+        t->numel = (en->end - en->begin) / dt_size(en->dtype);
+        t->file = file;
+        t->begin = h.data_start + en->begin;
+        t->end = h.data_start + en->end;
+        if (t->name == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory");
+        else m->ntensors++;
     }
-    f->data_start = 8 + n;
-    const cJSON *t;
-    if (rc == 0) cJSON_ArrayForEach(t, j)
-    {
-        if (strcmp(t->string, "__metadata__") == 0) continue;
-        if ((rc = add_tensor(m, cap, t, file, f->data_start, f->size, f->path, e))) break;
-    }
-    cJSON_Delete(j);
-    free(text);
+    st_header_info_free(&h);
     return rc;
 }
 
