@@ -46,6 +46,28 @@ int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e);
 int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *outm, const sr_tensor *const *where,
                         int me, uint64_t *first_diff, uint64_t *bytes, fm_err *e);
 
+/* The differences found, as report lines (printed by rank 0). */
+typedef struct vf_report {
+    fm_buf lines;
+    uint64_t bad;
+} vf_report;
+
+void vf_bad(vf_report *v, const char *fmt, ...) FM_PRINTF(2, 3);
+
+/*! vf_check_text() : a side file (config.json, the index) against the text
+ *  a merge writes: the first differing line when they differ; have NULL
+ *  when the output lacks the file. */
+void vf_check_text(vf_report *v, const char *what, const char *want, size_t wlen, const char *have, size_t hlen);
+
+/*! vf_plan_all() : COLLECTIVE. verify --checkpoint_path for one plan (the
+ *  weights, stem "model", or the optimizer state): reads dir's safetensors
+ *  layout (a malformed or truncated file is FM_EDIFFER), adds a report line
+ *  for every tensor missing, extra, of another dtype, shape or file, then
+ *  compares every segment (vf_compare_segments) and reports each tensor's
+ *  first differing element, and the index file. *bytes: compared here. */
+int vf_plan_all(const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, MPI_Comm comm, vf_report *v,
+                uint64_t *bytes, fm_err *e);
+
 /*! vf_describe_elem() : "element 1234 [3, 42]: VALUE" of a tensor in a file,
  *  appended to b (the value printed as a float when the dtype is one). */
 void vf_describe_elem(fm_buf *b, const sr_tensor *t, const char *path, uint64_t elem);

@@ -24,7 +24,6 @@
 #include "cmd/check.h"
 #include "cmd/manifest.h"
 #include "cmd/verify.h"
-#include "hf/stread.h"
 #include "base/crc32c.h"
 
 #define RULE "======================================================================"
@@ -671,130 +670,23 @@ static int optimizer_phase(run *r, fm_err *e)
 
 /* ---- verify OUT --checkpoint_path CKPT: the plan against what OUT holds ---- */
 
-typedef struct vstate {
-    sr_model outm;
-    const sr_tensor **where; /* per plan tensor: in OUT, NULL when missing or not comparable */
-    uint64_t *first;         /* per plan tensor: first differing element, UINT64_MAX none */
-    fm_buf lines;            /* rank 0's report */
-    uint64_t bad;
-} vstate;
-
-static void vbad(vstate *v, const char *fmt, ...) FM_PRINTF(2, 3);
-static void vbad(vstate *v, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fm_buf_printf(&v->lines, "  MISMATCH %s\n", line);
-    v->bad++;
-}
-
-/* Names, dtypes, shapes and files (identical on every process). */
-static void verify_layout(const plan *pl, vstate *v)
-{
-    for (size_t i = 0; i < pl->ntensors; i++) {
-        const plan_tensor *t = &pl->tensors[i];
-        const sr_tensor *o = sr_find(&v->outm, t->name);
-        if (o == NULL) {
-            vbad(v, "%s: a merge writes it, the output lacks it", t->name);
-            continue;
-        }
-        if (o->dtype != t->out_dtype || o->ndim != t->ndim || memcmp(o->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim))
-            vbad(v, "%s: %s of %d dims in the output, a merge writes %s of %d dims (shape or dtype differs; --dtype?)",
-                 t->name, dt_st_name(o->dtype), o->ndim, dt_st_name(t->out_dtype), t->ndim);
-        else
-            v->where[i] = o;
-        if (strcmp(v->outm.files[o->file].name, pl->files[t->file].name) != 0)
-            vbad(v, "%s: in %s, a merge puts it in %s (--max-shard-size?)", t->name, v->outm.files[o->file].name,
-                 pl->files[t->file].name);
-    }
-    for (size_t i = 0; i < v->outm.ntensors; i++) {
-        bool known = false;
-        for (size_t k = 0; k < pl->ntensors && !known; k++) known = strcmp(pl->tensors[k].name, v->outm.tensors[i].name) == 0;
-        if (!known) vbad(v, "%s: in the output, not in the checkpoint", v->outm.tensors[i].name);
-    }
-}
-
-/* The first line where two texts differ, for the report. */
-static void text_diff(vstate *v, const char *what, const char *want, size_t wlen, const char *have, size_t hlen)
-{
-    if (have && wlen == hlen && memcmp(want, have, wlen) == 0) return;
-    if (have == NULL) {
-        vbad(v, "%s: a merge writes it, the output lacks it", what);
-        return;
-    }
-    size_t i = 0, line = 1, start = 0;
-    while (i < wlen && i < hlen && want[i] == have[i])
-        if (want[i++] == '\n') line++, start = i;
-    int wl = (int)(strcspn(want + start, "\n")), hl = (int)(strcspn(have + start, "\n"));
-    vbad(v, "%s: line %zu is '%.*s' in the output, a merge writes '%.*s'", what, line, FM_MIN(hl, 200), have + start,
-         FM_MIN(wl, 200), want + start);
-}
-
-static void verify_side_files(run *r, vstate *v)
+static void verify_config(run *r, vf_report *rep)
 {
     char *path = NULL, *have = NULL, *want = NULL;
     size_t hlen = 0, wlen = 0;
     fm_err ignore = {0};
     if (r->config && config_text(r, &want, &wlen, &ignore) == 0 && (path = fm_path_join(r->o->output, "config.json"))) {
         if (fm_read_file(path, 64u << 20, &have, &hlen, &ignore)) have = NULL;
-        text_diff(v, "config.json", want, wlen, have, hlen);
+        vf_check_text(rep, "config.json", want, wlen, have, hlen);
     }
     free(path);
     free(have);
     free(want);
 }
 
-static void verify_index(const plan *pl, vstate *v, const char *stem)
-{
-    char name[128];
-    snprintf(name, sizeof name, "%s.safetensors.index.json", stem);
-    if (pl->index_json)
-        text_diff(v, name, pl->index_json, strlen(pl->index_json), v->outm.index_text,
-                  v->outm.index_text ? strlen(v->outm.index_text) : 0);
-    else if (v->outm.index_text)
-        vbad(v, "%s: in the output, a merge writes one %s.safetensors", name, stem);
-}
-
-/* One plan (the weights, or the optimizer state) against dir/stem*.safetensors. */
-static int verify_plan(run *r, const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, vstate *v,
-                       uint64_t *bytes, fm_err *e)
-{
-    if (sr_open(dir, stem, &v->outm, e) == FM_EFORMAT) e->code = FM_EDIFFER;
-    v->where = calloc(pl->ntensors + 1, sizeof *v->where);
-    v->first = malloc((pl->ntensors + 1) * sizeof *v->first);
-    if (e->code == 0 && (v->where == NULL || v->first == NULL)) fm_fail(e, FM_ENOMEM, "out of memory");
-    int rc = comm_agree_all(e, r->comm);
-    if (rc == 0) {
-        verify_layout(pl, v);
-        for (size_t i = 0; i < pl->ntensors; i++) v->first[i] = UINT64_MAX;
-        vf_compare_segments(pl, zips, &v->outm, v->where, r->me, v->first, bytes, e);
-        rc = comm_agree_all(e, r->comm);
-    }
-    if (rc == 0 && pl->ntensors)
-        MPI_Allreduce(MPI_IN_PLACE, v->first, (int)pl->ntensors, MPI_UINT64_T, MPI_MIN, r->comm); /* plans stay far below 2^31 tensors */
-    for (size_t i = 0; rc == 0 && r->me == 0 && i < pl->ntensors; i++) {
-        if (v->first[i] == UINT64_MAX) continue;
-        fm_buf d = {0};
-        vf_describe_elem(&d, v->where[i], v->outm.files[v->where[i]->file].path, v->first[i]);
-        fm_buf_putc(&d, '\0');
-        vbad(v, "%s: first difference at %s in the output", pl->tensors[i].name, d.data ? (char *)d.data : "?");
-        fm_buf_free(&d);
-    }
-    if (rc == 0) verify_index(pl, v, stem);
-    sr_free(&v->outm);
-    free(v->where);
-    free(v->first);
-    v->where = NULL;
-    v->first = NULL;
-    return rc;
-}
-
 static int verify_phase(run *r, fm_err *e)
 {
-    vstate v;
+    vf_report v;
     memset(&v, 0, sizeof v);
     optrun op;
     memset(&op, 0, sizeof op);
@@ -803,17 +695,17 @@ static int verify_phase(run *r, fm_err *e)
     uint64_t bytes = 0, all = 0;
     size_t ntensors = r->pl.ntensors;
     say(r, "Comparing %s with the checkpoint (every tensor re-derived from the shards)...\n", r->o->output);
-    int rc = verify_plan(r, &r->pl, r->zips, r->o->output, "model", &v, &bytes, e);
+    int rc = vf_plan_all(&r->pl, r->zips, r->o->output, "model", r->comm, &v, &bytes, e);
     if (rc == 0 && r->o->optimizer) {
         op.dir = fm_path_join(r->o->output, "optimizer");
         rc = prepare_optim(r, &op, warning, sizeof warning, e);
-        if (rc == 0) rc = verify_plan(r, &op.pl, op.zips, op.dir, "optimizer", &v, &bytes, e);
+        if (rc == 0) rc = vf_plan_all(&op.pl, op.zips, op.dir, "optimizer", r->comm, &v, &bytes, e);
         ntensors += op.pl.ntensors;
     }
     free_optim(r, &op);
     MPI_Reduce(&bytes, &all, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
     if (rc == 0 && r->me == 0) {
-        verify_side_files(r, &v);
+        verify_config(r, &v);
         char sz[32];
         if (r->talk && v.lines.len) fwrite(v.lines.data, 1, v.lines.len, r->out);
         say(r, "%s %zu tensors checked against the checkpoint, %s compared in %.2f s: %" PRIu64 " mismatch%s\n",

@@ -173,6 +173,105 @@ int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *o
     return rc;
 }
 
+/* ---- verify OUT --checkpoint_path CKPT: one plan against what OUT holds ---- */
+
+void vf_bad(vf_report *v, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fm_buf_printf(&v->lines, "  MISMATCH %s\n", line);
+    v->bad++;
+}
+
+/* Names, dtypes, shapes and files (identical on every process). */
+static void check_layout(const plan *pl, const sr_model *outm, const sr_tensor **where, vf_report *v)
+{
+    for (size_t i = 0; i < pl->ntensors; i++) {
+        const plan_tensor *t = &pl->tensors[i];
+        const sr_tensor *o = sr_find(outm, t->name);
+        if (o == NULL) {
+            vf_bad(v, "%s: a merge writes it, the output lacks it", t->name);
+            continue;
+        }
+        if (o->dtype != t->out_dtype || o->ndim != t->ndim || memcmp(o->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim))
+            vf_bad(v, "%s: %s of %d dims in the output, a merge writes %s of %d dims (shape or dtype differs; --dtype?)",
+                   t->name, dt_st_name(o->dtype), o->ndim, dt_st_name(t->out_dtype), t->ndim);
+        else
+            where[i] = o;
+        if (strcmp(outm->files[o->file].name, pl->files[t->file].name) != 0)
+            vf_bad(v, "%s: in %s, a merge puts it in %s (--max-shard-size?)", t->name, outm->files[o->file].name,
+                   pl->files[t->file].name);
+    }
+    for (size_t i = 0; i < outm->ntensors; i++) {
+        bool known = false;
+        for (size_t k = 0; k < pl->ntensors && !known; k++) known = strcmp(pl->tensors[k].name, outm->tensors[i].name) == 0;
+        if (!known) vf_bad(v, "%s: in the output, not in the checkpoint", outm->tensors[i].name);
+    }
+}
+
+void vf_check_text(vf_report *v, const char *what, const char *want, size_t wlen, const char *have, size_t hlen)
+{
+    if (have && wlen == hlen && memcmp(want, have, wlen) == 0) return;
+    if (have == NULL) {
+        vf_bad(v, "%s: a merge writes it, the output lacks it", what);
+        return;
+    }
+    size_t i = 0, line = 1, start = 0;
+    while (i < wlen && i < hlen && want[i] == have[i])
+        if (want[i++] == '\n') line++, start = i;
+    int wl = (int)(strcspn(want + start, "\n")), hl = (int)(strcspn(have + start, "\n"));
+    vf_bad(v, "%s: line %zu is '%.*s' in the output, a merge writes '%.*s'", what, line, FM_MIN(hl, 200), have + start,
+           FM_MIN(wl, 200), want + start);
+}
+
+static void check_index(const plan *pl, const sr_model *outm, const char *stem, vf_report *v)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.safetensors.index.json", stem);
+    if (pl->index_json)
+        vf_check_text(v, name, pl->index_json, strlen(pl->index_json), outm->index_text,
+                      outm->index_text ? strlen(outm->index_text) : 0);
+    else if (outm->index_text)
+        vf_bad(v, "%s: in the output, a merge writes one %s.safetensors", name, stem);
+}
+
+int vf_plan_all(const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, MPI_Comm comm, vf_report *v,
+                uint64_t *bytes, fm_err *e)
+{
+    int me;
+    MPI_Comm_rank(comm, &me);
+    sr_model outm;
+    if (sr_open(dir, stem, &outm, e) == FM_EFORMAT) e->code = FM_EDIFFER;
+    const sr_tensor **where = calloc(pl->ntensors + 1, sizeof *where);
+    uint64_t *first = malloc((pl->ntensors + 1) * sizeof *first);
+    if (e->code == 0 && (where == NULL || first == NULL)) fm_fail(e, FM_ENOMEM, "out of memory");
+    int rc = comm_agree_all(e, comm);
+    if (rc == 0) {
+        check_layout(pl, &outm, where, v);
+        for (size_t i = 0; i < pl->ntensors; i++) first[i] = UINT64_MAX;
+        vf_compare_segments(pl, zips, &outm, where, me, first, bytes, e);
+        rc = comm_agree_all(e, comm);
+    }
+    if (rc == 0 && pl->ntensors) /* plans stay far below 2^31 tensors */
+        MPI_Allreduce(MPI_IN_PLACE, first, (int)pl->ntensors, MPI_UINT64_T, MPI_MIN, comm);
+    for (size_t i = 0; rc == 0 && me == 0 && i < pl->ntensors; i++) {
+        if (first[i] == UINT64_MAX) continue;
+        fm_buf d = {0};
+        vf_describe_elem(&d, where[i], outm.files[where[i]->file].path, first[i]);
+        fm_buf_putc(&d, '\0');
+        vf_bad(v, "%s: first difference at %s in the output", pl->tensors[i].name, d.data ? (char *)d.data : "?");
+        fm_buf_free(&d);
+    }
+    if (rc == 0) check_index(pl, &outm, stem, v);
+    sr_free(&outm);
+    free(where);
+    free(first);
+    return rc;
+}
+
 /* ---- describing a difference ---- */
 
 void vf_describe_elem(fm_buf *b, const sr_tensor *t, const char *path, uint64_t elem)
@@ -209,34 +308,22 @@ typedef struct vrun {
     const cli_opts *o;
     int me, nprocs;
     sr_model outm, refm;
-    fm_buf lines;           /* this process's report lines */
-    uint64_t checked, bad, bytes;
+    vf_report rep;          /* this process's report lines */
+    uint64_t checked, bytes;
     uint8_t *a, *b;         /* VF_CHUNK each */
     double *scratch;        /* 2 * VF_CHUNK / 8 doubles: chunks converted to float64 */
 } vrun;
-
-static void mismatch(vrun *v, const char *fmt, ...) FM_PRINTF(2, 3);
-static void mismatch(vrun *v, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fm_buf_printf(&v->lines, "  MISMATCH %s\n", line);
-    v->bad++;
-}
 
 static int check_manifest_tensor(vrun *v, const mf_tensor *mt, fm_err *e)
 {
     const sr_tensor *t = sr_find(&v->outm, mt->name);
     if (t == NULL) {
-        mismatch(v, "%s: in the manifest, not in the safetensors files", mt->name);
+        vf_bad(&v->rep, "%s: in the manifest, not in the safetensors files", mt->name);
         return 0;
     }
     const char *file = v->outm.files[t->file].name;
     if (strcmp(file, mt->file) != 0 || strcmp(dt_st_name(t->dtype), mt->dtype) != 0) {
-        mismatch(v, "%s: in %s as %s, the manifest says %s as %s", mt->name, file, dt_st_name(t->dtype), mt->file, mt->dtype);
+        vf_bad(&v->rep, "%s: in %s as %s, the manifest says %s as %s", mt->name, file, dt_st_name(t->dtype), mt->file, mt->dtype);
         return 0;
     }
     const char *path = v->outm.files[t->file].path;
@@ -249,7 +336,7 @@ static int check_manifest_tensor(vrun *v, const mf_tensor *mt, fm_err *e)
     v->checked++;
     v->bytes += t->end - t->begin;
     if (c != mt->crc32c)
-        mismatch(v, "%s (%s): CRC-32C %08" PRIx32 ", the manifest says %08" PRIx32, mt->name, file, c, mt->crc32c);
+        vf_bad(&v->rep, "%s (%s): CRC-32C %08" PRIx32 ", the manifest says %08" PRIx32, mt->name, file, c, mt->crc32c);
     return 0;
 }
 
@@ -268,7 +355,7 @@ static int by_manifest(vrun *v, fm_err *e)
     for (size_t i = (size_t)v->me; rc == 0 && i < v->outm.ntensors; i += (size_t)v->nprocs) {
         bool listed = false;
         for (size_t k = 0; k < m.ntensors && !listed; k++) listed = strcmp(m.tensors[k].name, v->outm.tensors[i].name) == 0;
-        if (!listed) mismatch(v, "%s: in the safetensors files, not in the manifest", v->outm.tensors[i].name);
+        if (!listed) vf_bad(&v->rep, "%s: in the safetensors files, not in the manifest", v->outm.tensors[i].name);
     }
     mf_free(&m);
     free(text);
@@ -302,14 +389,14 @@ static int check_reference_tensor(vrun *v, const sr_tensor *tb, fm_err *e)
 {
     const sr_tensor *ta = sr_find(&v->outm, tb->name);
     if (ta == NULL) {
-        mismatch(v, "%s: in the reference, missing from the output", tb->name);
+        vf_bad(&v->rep, "%s: in the reference, missing from the output", tb->name);
         return 0;
     }
     bool same_shape = ta->ndim == tb->ndim && memcmp(ta->shape, tb->shape, sizeof(int64_t) * (size_t)ta->ndim) == 0;
     nc_tol tol = {v->o->atol, v->o->rtol};
     bool convertible = nc_comparable(ta->dtype, tb->dtype, &tol);
     if (!same_shape || !convertible) {
-        mismatch(v, "%s: %s of %d dims in the output, %s of %d dims in the reference%s", tb->name, dt_st_name(ta->dtype),
+        vf_bad(&v->rep, "%s: %s of %d dims in the output, %s of %d dims in the reference%s", tb->name, dt_st_name(ta->dtype),
                  ta->ndim, dt_st_name(tb->dtype), tb->ndim,
                  same_shape ? " (give --atol/--rtol to compare values across float dtypes)" : " (shapes differ)");
         return 0;
@@ -324,7 +411,7 @@ static int check_reference_tensor(vrun *v, const sr_tensor *tb, fm_err *e)
     fm_buf_putc(&d1, '\0');
     fm_buf_putc(&d2, '\0');
     const char *s2 = strchr((char *)d2.data, '=');
-    mismatch(v, "%s: first difference at %s in the output, %s in the reference", tb->name, (char *)d1.data, s2 ? s2 + 2 : "?");
+    vf_bad(&v->rep, "%s: first difference at %s in the output, %s in the reference", tb->name, (char *)d1.data, s2 ? s2 + 2 : "?");
     fm_buf_free(&d1);
     fm_buf_free(&d2);
     return 0;
@@ -337,7 +424,7 @@ static int by_reference(vrun *v, fm_err *e)
         FM_TRY(check_reference_tensor(v, &v->refm.tensors[i], e));
     for (size_t i = (size_t)v->me; i < v->outm.ntensors; i += (size_t)v->nprocs)
         if (sr_find(&v->refm, v->outm.tensors[i].name) == NULL)
-            mismatch(v, "%s: in the output, not in the reference", v->outm.tensors[i].name);
+            vf_bad(&v->rep, "%s: in the output, not in the reference", v->outm.tensors[i].name);
     return 0;
 }
 
@@ -345,8 +432,8 @@ static int by_reference(vrun *v, fm_err *e)
 static int report(vrun *v, MPI_Comm comm, FILE *out, const char *against, double secs, fm_err *e)
 {
     uint8_t *all = NULL;
-    uint64_t *offs = NULL, mine[3] = {v->checked, v->bad, v->bytes}, sum[3];
-    FM_TRY(comm_allgather_blobs_all(v->lines.data, v->lines.len, comm, &all, &offs, e));
+    uint64_t *offs = NULL, mine[3] = {v->checked, v->rep.bad, v->bytes}, sum[3];
+    FM_TRY(comm_allgather_blobs_all(v->rep.lines.data, v->rep.lines.len, comm, &all, &offs, e));
     MPI_Allreduce(mine, sum, 3, MPI_UINT64_T, MPI_SUM, comm);
     if (v->me == 0 && !v->o->quiet) {
         fwrite(all, 1, offs[v->nprocs], out);
@@ -388,7 +475,7 @@ int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     if (rc == 0) rc = report(&v, comm, out, o->reference ? o->reference : MF_NAME, MPI_Wtime() - t0, e);
     sr_free(&v.outm);
     sr_free(&v.refm);
-    fm_buf_free(&v.lines);
+    fm_buf_free(&v.rep.lines);
     free(v.a);
     free(v.b);
     free(v.scratch);
