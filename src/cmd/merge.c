@@ -775,7 +775,11 @@ static int check_phase(run *r, fm_err *e)
  * process in direct mode (they all see the folder), by the writer in gather */
 static int verify_written(run *r, fm_err *e)
 {
-    if (!r->o->verify || r->crc == NULL) return 0;
+    if (!r->o->verify) return 0;
+    if (r->crc == NULL) {
+        say(r, "  --verify: only the safetensors files are re-read; model.h5 is not\n");
+        return 0;
+    }
     double t = MPI_Wtime();
     uint64_t mine = 0, bytes = 0;
     if (r->direct) vf_reread_all(r->tmpdir, &r->pl, r->crc, r->comm, &mine, e);
