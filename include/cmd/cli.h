@@ -61,6 +61,7 @@ typedef struct cli_opts {
     const char *verify_dir;   /* verify: the output folder to check */
     const char *reference;    /* verify: a HuggingFace folder to compare with */
     double atol, rtol;        /* verify --reference: tolerances (both 0: bytes) */
+    bool dtype_given, shard_size_given; /* --dtype, --max-shard-size on the command line */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

@@ -30,6 +30,7 @@ typedef struct mf_info {
     const char *dtype;       /* --dtype: "bfloat16", ..., "auto" */
     const char *mode;        /* "gather", "direct", "hdf5" */
     const char *format;      /* "safetensors", "hdf5", "both" */
+    uint64_t max_shard_size; /* --max-shard-size in bytes */
 } mf_info;
 
 /*! mf_build() : the manifest text (with a final newline) into out. crc[i]
@@ -45,6 +46,8 @@ typedef struct mf_tensor {
 
 typedef struct mf_manifest {
     void *tree;              /* the parsed JSON (jf_node) */
+    const char *dtype;       /* the merge's --dtype ("bfloat16", "auto", ...), NULL if absent */
+    uint64_t max_shard_size; /* the merge's --max-shard-size, 0 if absent */
     mf_tensor *tensors;
     size_t ntensors;
 } mf_manifest;

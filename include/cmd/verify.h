@@ -34,6 +34,11 @@
  *  this process read. */
 int vf_reread_all(const char *dir, const plan *pl, const uint32_t *crc, MPI_Comm comm, uint64_t *bytes, fm_err *e);
 
+/*! vf_manifest_defaults() : verify --checkpoint_path: --dtype and
+ *  --max-shard-size not given take the values OUT's manifest records (the
+ *  merge's); nothing changes without a readable manifest. */
+void vf_manifest_defaults(cli_opts *o);
+
 /*! vf_run_all() : COLLECTIVE. The verify command without a checkpoint:
  *  against the manifest, or against o->reference. */
 int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e);

@@ -88,8 +88,11 @@ expect_diff "truncated shard (checkpoint)" "$f2: .*(truncated|header describes)"
 expect_diff "truncated shard (manifest)" "$f2" 2 "$SCRATCH/bad"
 
 fresh; sed -i 's/"dtype": "bfloat16"/"dtype": "float32"/' "$SCRATCH/bad/config.json"
+# (no --max-shard-size: verify takes the merge's from the manifest)
 expect_diff "edited config.json dtype" "MISMATCH config.json: line [0-9]+ is '  \"dtype\": \"float32\",' in the output, a merge writes '  \"dtype\": \"bfloat16\",'" \
-    2 "$SCRATCH/bad" --checkpoint_path "$ck" --max-shard-size 100KB
+    2 "$SCRATCH/bad" --checkpoint_path "$ck"
+grep -q "MISMATCH.*merge puts it in" "$OUT_LOG" && fail "verify: --max-shard-size not taken from the manifest" \
+    || pass "verify: --dtype and --max-shard-size default to the manifest's"
 
 # the optimizer state (verify --optimizer), on the tied fixture's sharded merge
 tied=$SCRATCH/fsdp2_ws4_tied

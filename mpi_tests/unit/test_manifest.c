@@ -27,7 +27,8 @@ static void test_round_trip(void **state)
     plan pl = {.tensors = t, .ntensors = 2, .files = f, .nfiles = 2, .total_bytes = 32};
     uint32_t crc[2] = {0xdeadbeefu, 0x00000001u};
     mf_info in = {.command_line = "fsdpmerge ck --output \"o\"", .source = "ck", .actor_dir = "ck/actor", .world_size = 4,
-                  .fsdp_version = 2, .nprocs = 2, .dtype = "bfloat16", .mode = "gather", .format = "safetensors"};
+                  .fsdp_version = 2, .nprocs = 2, .dtype = "bfloat16", .mode = "gather", .format = "safetensors",
+                  .max_shard_size = 100000};
     fm_buf out = {0};
     fm_err e = {0};
     assert_int_equal(mf_build(&in, &pl, crc, &out, &e), 0);
@@ -42,6 +43,8 @@ static void test_round_trip(void **state)
     mf_manifest m;
     assert_int_equal(mf_parse(text, strlen(text), &m, &e), 0);
     assert_int_equal(m.ntensors, 2);
+    assert_string_equal(m.dtype, "bfloat16");
+    assert_int_equal(m.max_shard_size, 100000);
     assert_string_equal(m.tensors[0].name, "model.embed_tokens.weight");
     assert_string_equal(m.tensors[0].file, "model-00001-of-00002.safetensors");
     assert_string_equal(m.tensors[0].dtype, "BF16");

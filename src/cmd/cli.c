@@ -192,8 +192,8 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_CHECKPOINT: o->checkpoint = (char *)arg; return 0;
     case OPT_OUTPUT: o->output_arg = arg; return 0;
     case OPT_ACTOR: o->actor_dir = arg; return 0;
-    case OPT_DTYPE: return parse_dtype(arg, &o->dtype, e);
-    case OPT_SHARD: return fm_parse_size(arg, &o->max_shard_size, e);
+    case OPT_DTYPE: o->dtype_given = true; return parse_dtype(arg, &o->dtype, e);
+    case OPT_SHARD: o->shard_size_given = true; return fm_parse_size(arg, &o->max_shard_size, e);
     case OPT_BUFFER: FM_TRY(fm_parse_size(arg, &o->buffer_size, e));
         return o->buffer_size < (64u << 10) ? fm_fail(e, FM_EUSAGE, "--buffer-size must be at least 64KiB") : 0;
     case OPT_WRITER: return parse_int(arg, 0, 1 << 24, "--writer-rank", &o->writer, e);

@@ -29,6 +29,7 @@ int main(int argc, char **argv)
             if (me == 0) rc = ins_run(&o, stdout, &e);
             break;
         case CLI_VERIFY:
+            if (o.checkpoint) vf_manifest_defaults(&o); /* the merge's --dtype and --max-shard-size */
             rc = o.checkpoint ? mg_run_all(&o, MPI_COMM_WORLD, stdout, &e) : vf_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         case CLI_MERGE:

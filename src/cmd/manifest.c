@@ -49,6 +49,7 @@ int mf_build(const mf_info *in, const plan *pl, const uint32_t *crc, fm_buf *out
     key_str(&b, "dtype", in->dtype, &qe);
     key_str(&b, "mode", in->mode, &qe);
     key_str(&b, "format", in->format, &qe);
+    fm_buf_printf(&b, "\"max_shard_size\": %" PRIu64 ", ", in->max_shard_size);
     fm_buf_printf(&b, "\"tensor_count\": %zu, \"total_size\": %" PRIu64 ", \"checksum\": \"crc32c\", \"files\": {",
                   crc ? pl->ntensors : 0, crc ? pl->total_bytes : 0);
     for (size_t f = 0; crc && f < pl->nfiles; f++) {
@@ -92,6 +93,11 @@ int mf_parse(const char *text, size_t len, mf_manifest *m, fm_err *e)
     m->tree = tree;
     jf_node *ts = jf_get(tree, "tensors");
     if (ts == NULL || jf_kind_of(ts) != JF_OBJECT) return bad(e, "no \"tensors\" object", NULL);
+    m->dtype = str_of(tree, "dtype");
+    const jf_node *mss = jf_get(tree, "max_shard_size");
+    size_t rl = 0;
+    const char *raw = mss && jf_kind_of(mss) == JF_NUMBER ? jf_raw(mss, &rl) : NULL;
+    m->max_shard_size = raw ? strtoull(raw, NULL, 10) : 0;
     m->ntensors = jf_size(ts);
     m->tensors = calloc(m->ntensors ? m->ntensors : 1, sizeof *m->tensors);
     if (m->tensors == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");

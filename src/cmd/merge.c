@@ -467,7 +467,7 @@ static int write_manifest(run *r, const char *dir, fm_err *e)
     mf_info in = {.command_line = o->cmdline, .source = o->checkpoint, .actor_dir = r->layout.actor_dir,
                   .world_size = r->layout.world_size, .fsdp_version = r->layout.fsdp_version, .nprocs = r->nprocs,
                   .dtype = o->dtype == DT_INVALID ? "auto" : dt_torch_name(o->dtype), .mode = mode_name(r),
-                  .format = formats[o->format]};
+                  .format = formats[o->format], .max_shard_size = o->max_shard_size};
     fm_buf text = {0};
     char *path = fm_path_join(dir, MF_NAME);
     int rc = path ? mf_build(&in, &r->pl, r->crc, &text, e) : fm_fail(e, FM_ENOMEM, "out of memory");

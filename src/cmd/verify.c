@@ -450,6 +450,23 @@ static int report(vrun *v, MPI_Comm comm, FILE *out, const char *against, double
     return 0;
 }
 
+void vf_manifest_defaults(cli_opts *o)
+{
+    char *path = fm_path_join(o->verify_dir, MF_NAME), *text = NULL;
+    size_t len = 0;
+    fm_err ignore = {0};
+    mf_manifest m;
+    memset(&m, 0, sizeof m);
+    if (path && fm_read_file(path, 1u << 30, &text, &len, &ignore) == 0 && mf_parse(text, len, &m, &ignore) == 0) {
+        dt_type d = m.dtype ? dt_from_torch_name(m.dtype) : DT_INVALID;
+        if (!o->dtype_given && m.dtype && (strcmp(m.dtype, "auto") == 0 || d != DT_INVALID)) o->dtype = d;
+        if (!o->shard_size_given && m.max_shard_size) o->max_shard_size = m.max_shard_size;
+    }
+    mf_free(&m);
+    free(text);
+    free(path);
+}
+
 int vf_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
 {
     vrun v;
