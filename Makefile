@@ -36,6 +36,8 @@ CFLAGS   += -std=c11 $(WARN) -MMD -MP
 LDLIBS   := $(PKG_LIBS) -lm
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+# test-only hooks (FSDPMERGE_TEST_CORRUPT, see cmd/verify.c) exist in the sanitizer build only
+ASAN_FLAGS += -DFM_TEST_HOOKS
 
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 CPPFLAGS += -DFM_VERSION=\"$(VERSION)\"

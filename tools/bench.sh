@@ -14,7 +14,10 @@
 #     what the disk can take when no copy into the page cache is made;
 #   - fsdpmerge at -np 1, 2, 4 (BENCH_NPS) in gather and direct mode
 #     (BENCH_MODES), bf16 output, mpirun start-up included: wall time, GB/s of
-#     input, ratio to the floor, peak RSS of every process (GNU time).
+#     input, ratio to the floor, peak RSS of every process (GNU time);
+#   - the same for `check CKPT` (reads every record, writes nothing) and
+#     `verify OUT --checkpoint_path CKPT` (of a merge made once beforehand),
+#     rows "check" and "verify": targets, at least as fast as the merge.
 # Every measurement starts after `sync` (no earlier write-back in flight)
 # and is repeated BENCH_REPEAT times (default 3); the table shows the median.
 # Prints a table, writes docs/benchmarks-results.md and docs/bench.png, and
@@ -28,6 +31,7 @@ BENCH_MODELS=${BENCH_MODELS:-"qwen2.5-0.5b qwen2.5-3b"}
 BENCH_NPS=${BENCH_NPS:-"1 2 4"}
 BENCH_MODES=${BENCH_MODES:-"gather direct hdf5"} # hdf5: --format hdf5 (parallel HDF5, model.h5)
 BENCH_LAYOUTS=${BENCH_LAYOUTS:-"verl dcp"}
+BENCH_MODES=${BENCH_MODES:-"gather direct hdf5 check verify"} # hdf5: --format hdf5 (parallel HDF5, model.h5)
 BENCH_EXTRA=${BENCH_EXTRA:-}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
 W=4
@@ -101,7 +105,7 @@ merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_D
     local t0 t1
     t0=$(now)
     # shellcheck disable=SC2086
-    local how=(--mode "$3")
+    local how=(--mode "$3") ck=$BENCH_DIR/$1/global_step_1
     [ "$3" = hdf5 ] && how=(--format hdf5)
     mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$(ckpt_of "$1" "$BENCH_DIR/$1")" --output "$out" \
         "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA
@@ -127,6 +131,10 @@ for model in "${CASES[@]}"; do
     dfloor=$(calc "$t_read + $t_direct")
     printf '== %s: %.2f GB of shards; floor %.2f s (read %.2f s, write+fsync %.2f s); device floor (O_DIRECT write) %.2f s\n' \
         "$model" "$(calc "$in_bytes / 1e9")" "$floor" "$t_read" "$t_write" "$dfloor"
+    if [[ " $BENCH_MODES " == *" verify "* ]]; then # the output verify compares with, made once
+        rm -rf "$BENCH_DIR/verify-$model"
+        mpirun -np $W bin/fsdpmerge "$ck/global_step_1" --output "$BENCH_DIR/verify-$model" --dtype bfloat16 -q
+    fi
     for mode in $BENCH_MODES; do
         for np in $BENCH_NPS; do
             walls=() peaks=()
@@ -158,6 +166,15 @@ for model in "${CASES[@]}"; do
     printf 'target %-14s wall time at the best process count <= %.2fx floor: %.2fx  %s\n' "$model" "$limit" "$best" \
         "$([ "$met" = 1 ] && echo MET || echo 'NOT MET')"
     [ "$met" = 1 ] || status=1
+    merge_best=$(awk -F'\t' -v m="$model" '$1 == m && $2 != "check" && $2 != "verify" { print $4 }' "$DATA" | sort -n | head -1)
+    for cmd in check verify; do
+        cbest=$(awk -F'\t' -v m="$model" -v c="$cmd" '$1 == m && $2 == c { print $4 }' "$DATA" | sort -n | head -1)
+        [ -n "$cbest" ] || continue
+        met=$(calc "$cbest <= $merge_best")
+        printf 'target %-14s %s at its best process count at least as fast as the best merge: %.2f s vs %.2f s  %s\n' \
+            "$model" "$cmd" "$cbest" "$merge_best" "$([ "$met" = 1 ] && echo MET || echo 'NOT MET')"
+        [ "$met" = 1 ] || status=1
+    done
     worst=$(awk -F'\t' -v m="$model" '$1 == m { print $8 }' "$DATA" | sort -n | tail -1)
     printf 'target %-14s peak RSS of every process <= 256 MiB: %.1f MiB  %s\n' "$model" "$(calc "$worst / 1024")" \
         "$([ "$worst" -le $RSS_LIMIT_KB ] && echo MET || echo 'NOT MET')"

@@ -19,7 +19,7 @@
 #include "plan/lora.h"
 #include "base/progress.h"
 
-typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION, CLI_MAN } cli_command;
+typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION, CLI_MAN, CLI_CHECK, CLI_VERIFY } cli_command;
 typedef enum cli_mode { CLI_MODE_AUTO = 0, CLI_MODE_GATHER, CLI_MODE_DIRECT } cli_mode;
 /* which weight files: model*.safetensors, model.h5 (parallel HDF5), or both */
 typedef enum cli_format { CLI_FORMAT_SAFETENSORS = 0, CLI_FORMAT_HDF5, CLI_FORMAT_BOTH } cli_format;
@@ -64,6 +64,14 @@ typedef struct cli_opts {
     /* DCP checkpoints */
     const char *dcp_key;      /* entry of a nested state dict; NULL = model / flat */
     const char *hf_config;    /* folder with config.json; NULL = huggingface/ next to it */
+    /* check, verify, manifest */
+    char *cmdline;            /* malloc'd: argv joined with spaces, for the manifest */
+    bool no_manifest;         /* merge: no fsdpmerge_manifest.json */
+    bool verify;              /* merge: re-read the output before the rename */
+    const char *verify_dir;   /* verify: the output folder to check */
+    const char *reference;    /* verify: a HuggingFace folder to compare with */
+    double atol, rtol;        /* verify --reference: tolerances (both 0: bytes) */
+    bool dtype_given, shard_size_given; /* --dtype, --max-shard-size on the command line */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

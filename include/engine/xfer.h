@@ -42,6 +42,7 @@ typedef struct xf_opts {
     bool direct_io;  /* gather: write aligned windows with O_DIRECT (skipped where unsupported) */
     MPI_Info info;   /* MPI-IO hints (direct), MPI_INFO_NULL for none */
     FILE *hints_out; /* direct: print the hints in effect here (rank 0), NULL = don't */
+    uint32_t *crc32c; /* NULL, or per tensor: this process's CRC-32C terms (see sg_sources) */
 } xf_opts;
 
 typedef struct xf_stats {

@@ -78,6 +78,10 @@ typedef struct sg_sources {
     uint64_t bytes_read;
     float *scratch;     /* a LoRA-fused segment in fp32 */
     size_t scratch_cap;
+    /* NULL, or one word per tensor: sg_read() XORs the CRC-32C term of each
+     * converted segment into it (base/crc32c.h), for the manifest and
+     * --verify; every output byte is converted exactly once, by one process */
+    uint32_t *crc32c;
 } sg_sources;
 
 int sg_sources_init(sg_sources *s, const plan *pl, ptz_file *const *zips, int me, fm_err *e);

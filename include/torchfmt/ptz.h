@@ -60,6 +60,8 @@ const char *ptz_prefix(const ptz_file *f);   /* e.g. "model_world_size_4_rank_0"
 bool ptz_big_endian(const ptz_file *f);       /* "byteorder" record says big */
 uint64_t ptz_file_size(const ptz_file *f);
 size_t ptz_record_count(const ptz_file *f);
+/*! ptz_record_name() : record i's name relative to the prefix (0 <= i < count), NULL past the end. */
+const char *ptz_record_name(const ptz_file *f, size_t i);
 
 /*! ptz_find() : looks a record up by its name relative to the prefix.
  *  @return : true and fills *info when present. */

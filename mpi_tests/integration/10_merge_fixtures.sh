@@ -39,6 +39,9 @@ for spec in $FIXTURES; do
                 cmp -s "$f" "$out/$b" || { bad=1; echo "    $b not copied unchanged"; }
             done
             [ $bad = 0 ] && pass "$what: tokenizer/generation files copied unchanged" || fail "$what: side files ($cmd)"
+            python3 "$FM_ROOT/mpi_tests/tools/manifest_check.py" "$out" > "$SCRATCH/mf.log" 2>&1 \
+                && pass "$what: fsdpmerge_manifest.json: every tensor's file, dtype, shape, offsets and CRC-32C right" \
+                || { fail "$what: manifest ($cmd)"; tail -3 "$SCRATCH/mf.log"; }
             no_leftovers "$SCRATCH" && pass "$what: no temporary folder left" || fail "$what: temporary folder left in $SCRATCH"
             rm -rf "$out"
         done

@@ -29,6 +29,14 @@ expect() {
     grep -Eq -- "$regex" "$OUT_LOG" && pass "$name: message matches '$regex'" || { fail "$name: message ($cmd)"; tail -3 "$OUT_LOG"; }
     [ "$(grep -c 'fsdpmerge: error' "$OUT_LOG")" -eq 1 ] && pass "$name: one error message" || fail "$name: error printed $(grep -c 'fsdpmerge: error' "$OUT_LOG") times"
     [ ! -e "$out" ] && no_leftovers "$SCRATCH" && pass "$name: no output folder left" || fail "$name: output or temporary folder left behind"
+    # check: the same exit code and error message, nothing written
+    local merge_msg
+    merge_msg=$(grep 'fsdpmerge: error' "$OUT_LOG")
+    timeout 120 mpirun -np "$np" "$FM_BIN" check "$@" --output "$out" > "$OUT_LOG" 2>&1
+    local crc=$?
+    [ $crc -eq $rc ] && [ "$(grep 'fsdpmerge: error' "$OUT_LOG")" = "$merge_msg" ] && [ ! -e "$out" ] && no_leftovers "$SCRATCH" \
+        && pass "$name: check gives the merge's exit code and message, writes nothing" \
+        || { fail "$name: check exit $crc (merge $rc) or message differs ($FM_BIN check $* --output $out)"; tail -3 "$OUT_LOG"; }
 }
 
 copy_ckpt; rm "$SCRATCH/ck/actor/model_world_size_4_rank_2.pt"

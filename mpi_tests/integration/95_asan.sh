@@ -49,3 +49,14 @@ run "inconsistent plan: --writer-rank out of range" 2 2 "$FIX/fsdp1_ws2_nomesh/g
 run "LoRA fused + adapter, --optimizer, -np 3" 0 3 "$FIX/fsdp2_ws4_lora/global_step_1" --lora both --optimizer --mode gather
 run "LoRA --format both, -np 2" 0 2 "$FIX/fsdp2_ws4_lora/global_step_1" --format both --lora adapter
 run "LoRA: no adapter of that name (error path)" 2 4 "$FIX/fsdp2_ws4_lora/global_step_1" --lora-name nope
+
+# check, verify, merge --verify
+S1=$FIX/fsdp2_ws4_shard1/global_step_1
+run "check --optimizer" 0 2 check "$S1" --optimizer
+run "merge --verify, direct, sharded" 0 3 "$S1" --verify --mode direct --max-shard-size 100KB
+mpirun -np 2 "$FM_BIN" "$S1" --output "$SCRATCH/v" --max-shard-size 100KB --optimizer -q
+run "verify --checkpoint_path --optimizer" 0 3 verify "$SCRATCH/v" --checkpoint_path "$S1" --optimizer
+run "verify against the manifest" 0 2 verify "$SCRATCH/v"
+run "verify --reference across dtypes" 0 2 verify "$SCRATCH/v" --reference "$FIX/fsdp2_ws4_shard1/reference/fp32" --rtol 0.008
+python3 "$FM_ROOT/mpi_tests/tools/stedit.py" flip "$SCRATCH/v/model-00004-of-00004.safetensors" model.norm.weight 3
+run "verify finds a difference (error path)" 11 2 verify "$SCRATCH/v" --checkpoint_path "$S1" --optimizer

@@ -1,6 +1,7 @@
 /* cli.c - see cli.h. */
 #include "cmd/cli.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <math.h>
@@ -13,7 +14,7 @@ enum {
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
     OPT_FORMAT, OPT_MAN, OPT_LORA, OPT_LORA_NAME, OPT_LORA_ALPHA, OPT_LORA_RANK,
-    OPT_DCPKEY, OPT_HFCONFIG
+    OPT_DCPKEY, OPT_HFCONFIG, OPT_NOMANIFEST, OPT_VERIFY, OPT_REFERENCE, OPT_ATOL, OPT_RTOL
 };
 
 typedef struct opt_spec {
@@ -88,6 +89,15 @@ static const opt_spec SPECS[] = {
     {"hf-config", 0, required_argument, OPT_HFCONFIG, "DIR",
      "DCP checkpoints: folder with config.json and the tokenizer (default: a huggingface/ folder next to the "
      "checkpoint)"},
+    {"no-manifest", 0, no_argument, OPT_NOMANIFEST, NULL,
+     "do not write fsdpmerge_manifest.json (provenance and a CRC-32C per tensor) into the output"},
+    {"verify", 0, no_argument, OPT_VERIFY, NULL,
+     "before the final rename, re-read the output from disk and compare it with CRC-32Cs computed as the data "
+     "was converted; a difference fails the merge"},
+    {"reference", 0, required_argument, OPT_REFERENCE, "DIR",
+     "verify: compare OUT with another HuggingFace folder, tensor by tensor"},
+    {"atol", 0, required_argument, OPT_ATOL, "X", "verify --reference: absolute tolerance (default 0: bytes must be equal)"},
+    {"rtol", 0, required_argument, OPT_RTOL, "X", "verify --reference: relative tolerance (default 0)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
     {"man", 0, no_argument, OPT_MAN, NULL, "print this help as a manual page (roff), as installed in fsdpmerge.1"},
@@ -101,6 +111,9 @@ static const char *const USAGE[] = {
     "fsdpmerge CKPT                      (one process; output CKPT_merged)",
     "fsdpmerge inspect FILE.pt [--json] [--values N]",
     "fsdpmerge inspect DCP_FOLDER/.metadata | FILE.distcp[@OFFSET]",
+    "mpirun -np P fsdpmerge check CKPT [--optimizer] [--output_path OUT]   (reads all, writes nothing)",
+    "mpirun -np P fsdpmerge verify OUT [--checkpoint_path CKPT]           (OUT against CKPT or its manifest)",
+    "fsdpmerge verify OUT --reference DIR [--atol X --rtol Y]",
 };
 static const char SUMMARY[] = "merge a sharded FSDP checkpoint into one HuggingFace model, with MPI";
 static const char DESCRIPTION[] =
@@ -109,7 +122,7 @@ static const char DESCRIPTION[] =
     "Run one process per original rank (-np W, the world size of the checkpoint) or fewer: "
     "process p then reads ranks p, p+P, ...";
 static const char EXIT_CODES[] = "0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree, "
-                                 "7 output exists, 8 out of memory, 9 MPI, 10 internal";
+                                 "7 output exists, 8 out of memory, 9 MPI, 10 internal, 11 verify found a difference";
 
 /* Prints text from column `indent`, wrapping at `width` on spaces. */
 static void print_wrapped(FILE *out, const char *text, int indent, int width)
@@ -224,6 +237,16 @@ static int parse_dtype(const char *s, dt_type *out, fm_err *e)
     return 0;
 }
 
+static int parse_tol(const char *s, const char *what, double *out, fm_err *e)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || errno || !(*out >= 0) || *out > 1e30)
+        return fm_fail(e, FM_EUSAGE, "%s must be a number >= 0, got '%s'", what, s);
+    return 0;
+}
+
 static int pick(const char *s, const char *const *names, int n, const char *what, int *out, fm_err *e)
 {
     for (int i = 0; i < n; i++)
@@ -245,8 +268,8 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_CHECKPOINT: o->checkpoint = (char *)arg; return 0;
     case OPT_OUTPUT: o->output_arg = arg; return 0;
     case OPT_ACTOR: o->actor_dir = arg; return 0;
-    case OPT_DTYPE: return parse_dtype(arg, &o->dtype, e);
-    case OPT_SHARD: return fm_parse_size(arg, &o->max_shard_size, e);
+    case OPT_DTYPE: o->dtype_given = true; return parse_dtype(arg, &o->dtype, e);
+    case OPT_SHARD: o->shard_size_given = true; return fm_parse_size(arg, &o->max_shard_size, e);
     case OPT_BUFFER: FM_TRY(fm_parse_size(arg, &o->buffer_size, e));
         return o->buffer_size < (64u << 10) ? fm_fail(e, FM_EUSAGE, "--buffer-size must be at least 64KiB") : 0;
     case OPT_WRITER: return parse_int(arg, 0, 1 << 24, "--writer-rank", &o->writer, e);
@@ -298,6 +321,11 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_LORA_RANK: return parse_int(arg, 1, 1000000, "--lora-rank", &o->lora_rank, e);
     case OPT_DCPKEY: o->dcp_key = arg; return 0;
     case OPT_HFCONFIG: o->hf_config = arg; return 0;
+    case OPT_NOMANIFEST: o->no_manifest = true; return 0;
+    case OPT_VERIFY: o->verify = true; return 0;
+    case OPT_REFERENCE: o->reference = arg; return 0;
+    case OPT_ATOL: return parse_tol(arg, "--atol", &o->atol, e);
+    case OPT_RTOL: return parse_tol(arg, "--rtol", &o->rtol, e);
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     case OPT_MAN: o->command = CLI_MAN; return 0;
@@ -325,15 +353,35 @@ static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)
         o->inspect_file = argv[i++];
     } else if (i < argc && strcmp(argv[i], "merge") == 0) {
         i++;
+    } else if (i < argc && strcmp(argv[i], "check") == 0 && o->command == CLI_MERGE) {
+        o->command = CLI_CHECK;
+        i++;
+    } else if (i < argc && strcmp(argv[i], "verify") == 0 && o->command == CLI_MERGE) {
+        o->command = CLI_VERIFY;
+        if (++i >= argc) return fm_fail(e, FM_EUSAGE, "verify needs the output folder to check");
+        o->verify_dir = argv[i++];
     }
-    if (o->command == CLI_MERGE && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
+    if ((o->command == CLI_MERGE || o->command == CLI_CHECK) && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
     if (i < argc) return fm_fail(e, FM_EUSAGE, "unexpected argument '%s'", argv[i]);
     return 0;
+}
+
+/* argv as given (getopt permutes it), for the manifest */
+static char *join_args(int argc, char **argv)
+{
+    fm_buf b = {0};
+    for (int i = 0; i < argc; i++) {
+        if (i) fm_buf_append(&b, " ", 1);
+        fm_buf_append(&b, argv[i], strlen(argv[i]));
+    }
+    fm_buf_append(&b, "", 1);
+    return (char *)b.data;
 }
 
 int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
 {
     defaults(o);
+    o->cmdline = join_args(argc, argv);
     struct option longs[FM_ARRAY_LEN(SPECS) + 1];
     char shorts[64];
     size_t ns = 0;
@@ -364,11 +412,17 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
         FM_TRY(apply(o, id, optarg, e));
     }
     FM_TRY(positionals(argc, argv, o, e));
-    if (o->command != CLI_MERGE) return 0;
+    if (o->command == CLI_VERIFY && o->reference && o->checkpoint)
+        return fm_fail(e, FM_EUSAGE, "verify: give --checkpoint_path or --reference, not both");
+    if (o->command == CLI_VERIFY && o->checkpoint == NULL) return 0;
+    if (o->command != CLI_MERGE && o->command != CLI_CHECK && o->command != CLI_VERIFY) return 0;
     if (o->checkpoint == NULL) return fm_fail(e, FM_EUSAGE, "no checkpoint given (see --help)");
     size_t n = strlen(o->checkpoint);
     while (n > 1 && o->checkpoint[n - 1] == '/') o->checkpoint[--n] = '\0';
-    o->output = o->output_arg ? fm_strdup(o->output_arg) : fm_asprintf("%s_merged", o->checkpoint);
+    if (o->command == CLI_VERIFY) o->output_arg = NULL; /* the folder to verify is the output */
+    o->output = o->command == CLI_VERIFY ? fm_strdup(o->verify_dir)
+                : o->output_arg            ? fm_strdup(o->output_arg)
+                                           : fm_asprintf("%s_merged", o->checkpoint);
     if (o->output == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     return 0;
 }
@@ -377,4 +431,6 @@ void cli_free(cli_opts *o)
 {
     free(o->output); /* only ever malloc'd by cli_parse, NULL otherwise */
     o->output = NULL;
+    free(o->cmdline);
+    o->cmdline = NULL;
 }

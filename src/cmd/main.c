@@ -6,6 +6,7 @@
 #include "base/err.h"
 #include "cmd/inspect.h"
 #include "cmd/merge.h"
+#include "cmd/verify.h"
 
 int main(int argc, char **argv)
 {
@@ -30,7 +31,12 @@ int main(int argc, char **argv)
         case CLI_INSPECT:
             if (me == 0) rc = ins_run(&o, stdout, &e);
             break;
+        case CLI_VERIFY:
+            if (o.checkpoint) vf_manifest_defaults(&o); /* the merge's --dtype and --max-shard-size */
+            rc = o.checkpoint ? mg_run_all(&o, MPI_COMM_WORLD, stdout, &e) : vf_run_all(&o, MPI_COMM_WORLD, stdout, &e);
+            break;
         case CLI_MERGE:
+        case CLI_CHECK:
             rc = mg_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         }

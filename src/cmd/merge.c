@@ -24,6 +24,10 @@
 #include "cmd/lorarun.h"
 #include "engine/lorax.h"
 #include "cmd/dcpmerge.h"
+#include "cmd/check.h"
+#include "cmd/manifest.h"
+#include "cmd/verify.h"
+#include "base/crc32c.h"
 
 #define RULE "======================================================================"
 
@@ -50,6 +54,8 @@ typedef struct run {
     xf_stats xs;
     lrun lora;              /* a PEFT LoRA checkpoint (cmd/lorarun.h) */
     dm_state dcp;           /* a DCP checkpoint (dcp.on) */
+    bool dry;               /* the check command: read and plan, write nothing */
+    uint32_t *crc;          /* per tensor of pl: CRC-32C as converted (manifest, --verify), or NULL */
 } run;
 
 static void say(run *r, const char *fmt, ...) FM_PRINTF(2, 3);
@@ -202,6 +208,12 @@ static int discover(run *r, fm_err *e)
         return fm_fail(e, FM_EUNSUPPORTED, "--format %s: this fsdpmerge was built without parallel HDF5 "
                        "(install libhdf5-openmpi-dev and rebuild)", o->format == CLI_FORMAT_HDF5 ? "hdf5" : "both");
     FM_TRY(make_info(r, e));
+    if (r->dry) {
+        if (r->me == 0 && o->output_arg) od_check(o->output, o->force, e);
+        r->why = o->command == CLI_VERIFY ? "verify (re-derives every tensor, compares, writes nothing)"
+                                          : "check (reads every record, writes nothing)";
+        return comm_agree_all(e, r->comm);
+    }
     /* the writer creates the temporary output folder */
     if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
     FM_TRY(comm_agree_all(e, r->comm));
@@ -412,7 +424,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 static int run_engine(run *r, const plan *pl, ptz_file *const *zips, const char *dir, bool hints, xf_stats *xs, fm_err *e)
 {
     xf_opts xo = {.writer = r->writer, .fsync = !r->o->no_fsync, .direct_io = !r->o->no_direct_io, .info = r->info,
-                  .hints_out = hints && r->talk ? r->out : NULL};
+                  .hints_out = hints && r->talk ? r->out : NULL, .crc32c = pl == &r->pl ? r->crc : NULL};
     if (r->direct) {
         xo.window = (size_t)(r->o->buffer_size / 2);
         return xf_direct_all(pl, zips, dir, &xo, on_progress, r, r->comm, xs, e);
@@ -450,6 +462,49 @@ static int write_hdf5(run *r, fm_err *e)
     return rc;
 }
 
+/* Every process XORs the CRC-32C terms of the segments it converts into
+ * r->crc; the XOR over processes is each tensor's register (crc32c.h). */
+static int start_crcs(run *r, fm_err *e)
+{
+    r->crc = calloc(r->pl.ntensors ? r->pl.ntensors : 1, sizeof *r->crc);
+    FM_TRY(r->crc ? 0 : fm_fail(e, FM_ENOMEM, "out of memory"));
+    return comm_agree_all(e, r->comm);
+}
+
+static int finish_crcs(run *r, fm_err *e)
+{
+    for (size_t i = 0; i < r->pl.ntensors; i += 1u << 20) {
+        int n = (int)FM_MIN(r->pl.ntensors - i, (size_t)1 << 20);
+        if (MPI_Allreduce(MPI_IN_PLACE, r->crc + i, n, MPI_UINT32_T, MPI_BXOR, r->comm) != MPI_SUCCESS)
+            return fm_fail(e, FM_EMPI, "MPI_Allreduce of the tensor CRCs failed");
+    }
+    for (size_t i = 0; i < r->pl.ntensors; i++)
+        r->crc[i] = crc32c_finish(r->crc[i], r->pl.tensors[i].end - r->pl.tensors[i].begin);
+    return 0;
+}
+
+static const char *mode_name(const run *r)
+{
+    return r->o->format == CLI_FORMAT_HDF5 ? "hdf5" : r->direct ? "direct" : "gather";
+}
+
+static int write_manifest(run *r, const char *dir, fm_err *e)
+{
+    const cli_opts *o = r->o;
+    static const char *const formats[] = {"safetensors", "hdf5", "both"};
+    mf_info in = {.command_line = o->cmdline, .source = o->checkpoint, .actor_dir = r->layout.actor_dir,
+                  .world_size = r->layout.world_size, .fsdp_version = r->layout.fsdp_version, .nprocs = r->nprocs,
+                  .dtype = o->dtype == DT_INVALID ? "auto" : dt_torch_name(o->dtype), .mode = mode_name(r),
+                  .format = formats[o->format], .max_shard_size = o->max_shard_size};
+    fm_buf text = {0};
+    char *path = fm_path_join(dir, MF_NAME);
+    int rc = path ? mf_build(&in, &r->pl, r->crc, &text, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0) rc = fm_write_file(path, text.data, text.len, e);
+    free(path);
+    fm_buf_free(&text);
+    return rc;
+}
+
 static int move_data(run *r, fm_err *e)
 {
     char sz[32];
@@ -460,7 +515,9 @@ static int move_data(run *r, fm_err *e)
         say(r, "Saving merged model to %s\n  Writing %zu file%s (%s, %s)...\n", r->o->output, r->pl.nfiles,
             r->pl.nfiles == 1 ? "" : "s", sz, dt);
         if (r->talk) pg_start(&r->bar, r->out, r->o->progress, r->pl.total_bytes);
-        rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
+        if (!r->o->no_manifest || r->o->verify) rc = start_crcs(r, e);
+        if (rc == 0) rc = run_engine(r, &r->pl, r->zips, r->tmpdir, r->o->show_hints, &r->xs, e);
+        if (rc == 0 && r->crc) rc = finish_crcs(r, e);
         if (rc == 0 && r->talk) pg_finish(&r->bar, r->pl.total_bytes);
     }
     if (rc == 0 && wants_hdf5(r)) {
@@ -511,6 +568,7 @@ static int write_side_files(run *r, fm_err *e)
         FM_TRY(in_actor ? hf_copy_assets_from_actor(r->layout.hf_dir, dir, &copied, e)
                         : hf_copy_assets(r->layout.hf_dir, dir, &copied, e));
     }
+    if (!r->o->no_manifest) FM_TRY(write_manifest(r, dir, e));
     if (r->pl.index_json && wants_safetensors(r)) {
         char *path = fm_path_join(dir, "model.safetensors.index.json");
         int rc = path ? fm_write_file(path, r->pl.index_json, strlen(r->pl.index_json), e)
@@ -620,20 +678,39 @@ static int plan_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
     return plan_build(op->ix, &po, &op->pl, e);
 }
 
+/* open, index, exchange and plan the optimizer files (merge and check) */
+static int prepare_optim(run *r, optrun *op, char *warning, size_t wlen, fm_err *e)
+{
+    open_optim(r, op, e);
+    int rc = comm_agree_all(e, r->comm);
+    if (rc == 0) rc = exchange(r, op->ix, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    if (rc == 0) plan_optim(r, op, warning, wlen, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    return rc;
+}
+
+static void free_optim(run *r, optrun *op)
+{
+    for (int k = 0; k < r->layout.world_size; k++) {
+        if (op->zips) ptz_close(op->zips[k]);
+        if (op->ix) ti_index_free(&op->ix[k]);
+    }
+    free(op->zips);
+    free(op->ix);
+    free(op->names);
+    free(op->dir);
+    plan_free(&op->pl);
+}
+
 static int optimizer_phase(run *r, fm_err *e)
 {
     if (!r->o->optimizer) return 0;
-    int W = r->layout.world_size;
     optrun op;
     memset(&op, 0, sizeof op);
     char warning[512] = "";
     say(r, "\nMerging the optimizer state...\n");
-    open_optim(r, &op, e);
-    int rc = comm_agree_all(e, r->comm);
-    if (rc == 0) rc = exchange(r, op.ix, e);
-    if (rc == 0) rc = comm_agree_all(e, r->comm);
-    if (rc == 0) plan_optim(r, &op, warning, sizeof warning, e);
-    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    int rc = prepare_optim(r, &op, warning, sizeof warning, e);
     op.dir = rc == 0 ? fm_path_join(r->tmpdir, "optimizer") : NULL;
     if (rc == 0 && r->me == r->writer) fm_mkdir_p(op.dir, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
@@ -652,23 +729,140 @@ static int optimizer_phase(run *r, fm_err *e)
             "optimizer_state.json\n", op.pl.ntensors, fm_format_bytes(op.pl.total_bytes, sz, sizeof sz), r->o->output);
     }
     fm_buf_free(&json);
-    for (int k = 0; k < W; k++) {
-        if (op.zips) ptz_close(op.zips[k]);
-        if (op.ix) ti_index_free(&op.ix[k]);
-    }
-    free(op.zips);
-    free(op.ix);
-    free(op.names);
-    free(op.dir);
-    plan_free(&op.pl);
+    free_optim(r, &op);
     return rc;
+}
+
+/* ---- verify OUT --checkpoint_path CKPT: the plan against what OUT holds ---- */
+
+static void verify_config(run *r, vf_report *rep)
+{
+    char *path = NULL, *have = NULL, *want = NULL;
+    size_t hlen = 0, wlen = 0;
+    fm_err ignore = {0};
+    if (r->config && config_text(r, &want, &wlen, &ignore) == 0 && (path = fm_path_join(r->o->output, "config.json"))) {
+        if (fm_read_file(path, 64u << 20, &have, &hlen, &ignore)) have = NULL;
+        vf_check_text(rep, "config.json", want, wlen, have, hlen);
+    }
+    free(path);
+    free(have);
+    free(want);
+}
+
+static int verify_phase(run *r, fm_err *e)
+{
+    vf_report v;
+    memset(&v, 0, sizeof v);
+    optrun op;
+    memset(&op, 0, sizeof op);
+    char warning[512] = "";
+    double t = MPI_Wtime();
+    uint64_t bytes = 0, all = 0;
+    size_t ntensors = r->pl.ntensors;
+    say(r, "Comparing %s with the checkpoint (every tensor re-derived from the shards)...\n", r->o->output);
+    int rc = vf_plan_all(&r->pl, r->zips, r->o->output, "model", r->comm, &v, &bytes, e);
+    if (rc == 0 && r->o->optimizer) {
+        op.dir = fm_path_join(r->o->output, "optimizer");
+        rc = prepare_optim(r, &op, warning, sizeof warning, e);
+        if (rc == 0) rc = vf_plan_all(&op.pl, op.zips, op.dir, "optimizer", r->comm, &v, &bytes, e);
+        ntensors += op.pl.ntensors;
+    }
+    free_optim(r, &op);
+    MPI_Reduce(&bytes, &all, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
+    if (rc == 0 && r->me == 0) {
+        verify_config(r, &v);
+        char sz[32];
+        if (r->talk && v.lines.len) fwrite(v.lines.data, 1, v.lines.len, r->out);
+        say(r, "%s %zu tensors checked against the checkpoint, %s compared in %.2f s: %" PRIu64 " mismatch%s\n",
+            v.bad ? "\xe2\x9c\x97" : "\xe2\x9c\x85", ntensors, fm_format_bytes(all, sz, sizeof sz), MPI_Wtime() - t, v.bad,
+            v.bad == 1 ? "" : "es");
+        if (r->o->format != CLI_FORMAT_SAFETENSORS) say(r, "  note: model.h5 is not compared\n");
+        say(r, "  note: extra_state_merged.pt and optimizer_state.json are not compared\n");
+        if (v.bad) fm_fail(e, FM_EDIFFER, "%s differs from what a merge of %s writes: %" PRIu64 " mismatch%s (listed above)",
+                           r->o->output, r->o->checkpoint, v.bad, v.bad == 1 ? "" : "es");
+    }
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    fm_buf_free(&v.lines);
+    return rc;
+}
+
+/* ---- the check command: read everything, plan, print, write nothing ---- */
+
+static int read_everything(run *r, const optrun *op, uint64_t *bytes, fm_err *e)
+{
+    for (int k = r->me; k < r->layout.world_size; k++) {
+        if ((k - r->me) % r->nprocs) continue;
+        char *path = ck_rank_file(&r->layout, "extra_state", k);
+        const char *bad = ptz_path(r->zips[k]); /* errors name the rank and the file, as the merge's do */
+        int rc = chk_read_records(r->zips[k], bytes, e);
+        if (rc == 0 && op && (bad = ptz_path(op->zips[k])) != NULL) rc = chk_read_records(op->zips[k], bytes, e);
+        if (rc == 0 && path && (bad = path) != NULL)
+            rc = chk_read_file(path, true, 1u << 20, r->o->no_crc ? PTZ_NO_CRC : 0, bytes, e);
+        if (rc) fm_context(e, "rank %d: %s", k, bad);
+        free(path);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int check_phase(run *r, fm_err *e)
+{
+    optrun op;
+    memset(&op, 0, sizeof op);
+    char warning[512] = "";
+    int rc = r->o->optimizer ? prepare_optim(r, &op, warning, sizeof warning, e) : 0;
+    say(r, "Reading every record of every rank file...\n");
+    double t = MPI_Wtime();
+    uint64_t mine = 0, all = 0;
+    if (rc == 0) read_everything(r, r->o->optimizer ? &op : NULL, &mine, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    char *config = NULL;
+    size_t config_len = 0;
+    if (rc == 0 && r->config && r->me == 0) config_text(r, &config, &config_len, e);
+    if (rc == 0) rc = comm_agree_all(e, r->comm);
+    MPI_Reduce(&mine, &all, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
+    if (rc == 0 && r->talk) {
+        if (warning[0]) say(r, "  warning: %s\n", warning);
+        int W = r->layout.world_size;
+        chk_report cr = {.output = r->o->output, .output_given = r->o->output_arg != NULL, .model = &r->pl,
+                         .optim = r->o->optimizer ? &op.pl : NULL, .config_bytes = config_len,
+                         .safetensors = wants_safetensors(r), .hdf5 = wants_hdf5(r), .bytes_read = all,
+                         .seconds = MPI_Wtime() - t, .nfiles_read = W};
+        chk_print(r->out, &cr);
+        say(r, "\n\xe2\x9c\x85 Check passed: the checkpoint is complete and readable (nothing was written)\n");
+    }
+    free(config);
+    free_optim(r, &op);
+    return rc;
+}
+
+/* --verify: the weights read back from disk before the rename, by every
+ * process in direct mode (they all see the folder), by the writer in gather */
+static int verify_written(run *r, fm_err *e)
+{
+    if (!r->o->verify) return 0;
+    if (r->crc == NULL) {
+        say(r, "  --verify: only the safetensors files are re-read; model.h5 is not\n");
+        return 0;
+    }
+    double t = MPI_Wtime();
+    uint64_t mine = 0, bytes = 0;
+    if (r->direct) vf_reread_all(r->tmpdir, &r->pl, r->crc, r->comm, &mine, e);
+    else if (r->me == r->writer) vf_reread_all(r->tmpdir, &r->pl, r->crc, MPI_COMM_SELF, &mine, e);
+    FM_TRY(comm_agree_all(e, r->comm));
+    MPI_Reduce(&mine, &bytes, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
+    char sz[32];
+    say(r, "\xe2\x9c\x93 Verified: read %s back from disk in %.2f s, every tensor's CRC-32C equals the one computed "
+        "as it was converted\n", fm_format_bytes(bytes, sz, sizeof sz), MPI_Wtime() - t);
+    return 0;
 }
 
 static int finalize(run *r, fm_err *e)
 {
-    if (r->me == r->writer) {
-        if (write_side_files(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
-    }
+    if (r->me == r->writer) write_side_files(r, e);
+    FM_TRY(comm_agree_all(e, r->comm));
+    FM_TRY(verify_written(r, e));
+    if (r->me == r->writer) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
     FM_TRY(comm_agree_all(e, r->comm));
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
                        r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
@@ -702,6 +896,7 @@ static void cleanup(run *r)
     free(r->ix);
     free(r->config);
     free(r->tmpdir);
+    free(r->crc);
     if (r->info != MPI_INFO_NULL) MPI_Info_free(&r->info);
     plan_free(&r->pl);
     lrun_free(&r->lora);
@@ -721,6 +916,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     MPI_Comm_rank(comm, &r.me);
     MPI_Comm_size(comm, &r.nprocs);
     r.talk = r.me == 0 && !o->quiet;
+    r.dry = o->command == CLI_CHECK || o->command == CLI_VERIFY;
     double t0 = MPI_Wtime(), t;
     int rc = discover(&r, e);
     r.times.discover = MPI_Wtime() - t0;
@@ -742,13 +938,14 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         if (rc == 0) rc = make_plan(&r, e);
         r.times.plan = MPI_Wtime() - t;
     }
-    if (rc == 0) {
+    if (rc == 0 && r.dry) rc = o->command == CLI_VERIFY ? verify_phase(&r, e) : check_phase(&r, e);
+    if (rc == 0 && !r.dry) {
         t = MPI_Wtime();
         rc = move_data(&r, e);
         if (rc == 0) rc = adapter_phase(&r, e);
         r.times.data = MPI_Wtime() - t;
     }
-    if (rc == 0) {
+    if (rc == 0 && !r.dry) {
         t = MPI_Wtime();
         rc = training_state(&r, e);
         if (rc == 0) rc = optimizer_phase(&r, e);
@@ -756,12 +953,12 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         r.times.finalize = MPI_Wtime() - t;
     }
     r.times.total = MPI_Wtime() - t0;
-    if (rc == 0) {
+    if (rc == 0 && !r.dry) {
         summary(&r);
         uint64_t read_total = 0;
         MPI_Reduce(&r.xs.bytes_read, &read_total, 1, MPI_UINT64_T, MPI_SUM, 0, comm);
         if (o->report && r.me == 0)
-            rp_write(o->report, o, o->format == CLI_FORMAT_HDF5 ? "hdf5" : r.direct ? "direct" : "gather",
+            rp_write(o->report, o, mode_name(&r),
                      r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
         rc = comm_agree_all(e, comm);
     }

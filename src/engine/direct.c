@@ -185,6 +185,7 @@ int xf_direct_all(const plan *pl, ptz_file *const *zips, const char *dir, const 
     MPI_Comm_rank(comm, &x.me);
     MPI_Comm_size(comm, &x.nprocs);
     if (sg_sources_init(&x.src, pl, zips, x.me, e) == 0) {
+        x.src.crc32c = o->crc32c;
         x.buf = malloc(opts.window);
         if (x.buf == NULL) fm_fail(e, FM_ENOMEM, "out of memory (%zu-byte buffer)", opts.window);
     }

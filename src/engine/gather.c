@@ -271,6 +271,7 @@ static int xctx_init(xctx *x, const plan *pl, ptz_file *const *zips, const xf_op
     MPI_Comm_rank(comm, &x->me);
     MPI_Comm_size(comm, &x->nprocs);
     int rc = sg_sources_init(&x->src, pl, zips, x->me, e);
+    x->src.crc32c = o->crc32c;
     x->pack = malloc(o->window);
     if (rc == 0 && x->pack == NULL) rc = fm_fail(e, FM_ENOMEM, "out of memory (%zu-byte window)", o->window);
     if (rc == 0 && x->me == o->writer) {

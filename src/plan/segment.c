@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/crc32c.h"
 #include "base/dtype.h"
 #include "base/util.h"
 #include "plan/lora.h"
@@ -141,6 +142,10 @@ int sg_read(sg_sources *s, const plan *pl, const sg_seg *sg, uint8_t *dst, fm_er
                      : read_run(z, sl->rec, t, p, sg->run, sg->j0, sg->n, t->out_dtype, dst, e);
     if (rc) return src_context(e, s, sl);
     s->bytes_read += sg->n * dt_size(t->src_dtype);
+    if (s->crc32c) {
+        uint64_t off = sg->out - t->begin, len = sg->n * dt_size(t->out_dtype);
+        s->crc32c[sg->tensor] ^= crc32c_segment(dst, len, t->end - t->begin - off - len);
+    }
     if (sg->last && --sl->remaining == 0) {
         rc = ptz_rec_finish(sl->rec, e);
         ptz_rec_close(sl->rec);

@@ -593,6 +593,7 @@ const char *ptz_prefix(const ptz_file *f) { return f->prefix; }
 bool ptz_big_endian(const ptz_file *f) { return f->big_endian; }
 uint64_t ptz_file_size(const ptz_file *f) { return f->size; }
 size_t ptz_record_count(const ptz_file *f) { return f->n_index; }
+const char *ptz_record_name(const ptz_file *f, size_t i) { return i < f->n_index ? f->index[i]->rel : NULL; }
 size_t ptz_buffer_size(const ptz_file *f) { return f->buf_cap; }
 
 bool ptz_find(const ptz_file *f, const char *name, ptz_record_info *info)
