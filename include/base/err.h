@@ -24,7 +24,8 @@ typedef enum fm_code {
     FM_EEXIST = 7,       /* output already exists (see --force) */
     FM_ENOMEM = 8,       /* allocation failed */
     FM_EMPI = 9,         /* an MPI call failed */
-    FM_EINTERNAL = 10    /* a bug: an invariant did not hold */
+    FM_EINTERNAL = 10,   /* a bug: an invariant did not hold */
+    FM_ETIMEOUT = 11     /* the watchdog ended a process stuck in one phase (--timeout) */
 } fm_code;
 
 #define FM_ERR_MSG_MAX 1024

@@ -30,6 +30,10 @@ int od_prepare(const char *target, bool force, od_state *st, fm_err *e);
 int od_commit(od_state *st, bool force, bool do_fsync, fm_err *e);
 /*! od_abort() : removes the temporary folder. Accepts a zeroed state. */
 void od_abort(od_state *st);
+/*! od_emergency_cleanup() : removes the temporary folder of this process
+ *  (if any) without freeing anything: for the watchdog, just before it
+ *  ends the job. */
+void od_emergency_cleanup(void);
 /*! od_temp_path() : the temporary folder, or NULL before od_prepare(). */
 const char *od_temp_path(const od_state *st);
 

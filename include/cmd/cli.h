@@ -54,6 +54,8 @@ typedef struct cli_opts {
     const char *inspect_file;
     bool json;
     long values;              /* tensor values to print (inspect), default 0 */
+    int timeout;              /* watchdog: seconds without progress in a phase, 0 = off */
+    bool no_space_check;      /* skip the pre-flight statvfs of the output */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

@@ -19,9 +19,20 @@ static void on_signal(int sig)
     /* Best effort: the folder's files are removed by a tree walk, which is
      * not async-signal-safe, but the process is about to die anyway and a
      * stale hidden folder is the only alternative. */
-    if (g_cleanup[0]) fm_rmtree(g_cleanup, NULL);
+    static const char msg[] = "fsdpmerge: error: stopped by a signal; temporary output folder removed\n";
+    if (g_cleanup[0]) {
+        fm_rmtree(g_cleanup, NULL);
+        g_cleanup[0] = '\0';
+        if (write(2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
+    }
     signal(sig, SIG_DFL);
     raise(sig);
+}
+
+void od_emergency_cleanup(void)
+{
+    if (g_cleanup[0]) fm_rmtree(g_cleanup, NULL);
+    g_cleanup[0] = '\0';
 }
 
 int od_check(const char *target, bool force, fm_err *e)
@@ -56,6 +67,7 @@ int od_prepare(const char *target, bool force, od_state *st, fm_err *e)
             snprintf(g_cleanup, sizeof g_cleanup, "%s", tmpl);
             signal(SIGINT, on_signal);
             signal(SIGTERM, on_signal);
+            signal(SIGHUP, on_signal);
         }
     }
     free(parent);

@@ -11,7 +11,7 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT
+    OPT_FORMAT, OPT_TIMEOUT, OPT_NOSPACE
 };
 
 typedef struct opt_spec {
@@ -75,6 +75,10 @@ static const opt_spec SPECS[] = {
     {"values", 0, required_argument, OPT_VALUES, "N", "inspect: print the first N values of each tensor (-1 = all)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
+    {"timeout", 0, required_argument, OPT_TIMEOUT, "SECONDS",
+     "end every process (exit 11) when one makes no progress for SECONDS in a phase (default 600; 0 = never)"},
+    {"no-space-check", 0, no_argument, OPT_NOSPACE, NULL,
+     "skip the check of the output file system's free space (for file systems that misreport it)"},
 };
 
 /* Prints text from column `indent`, wrapping at `width` on spaces. */
@@ -123,7 +127,7 @@ void cli_usage(FILE *out)
         print_wrapped(out, s->help, 33, 100);
     }
     fprintf(out, "\nexit codes: 0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree,\n"
-                 "7 output exists, 8 out of memory, 9 MPI, 10 internal\n");
+                 "7 output exists, 8 out of memory, 9 MPI, 10 internal, 11 timeout\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, const char *what, int *out, fm_err *e)
@@ -204,6 +208,8 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_OPTIMIZER: o->optimizer = true; return 0;
     case OPT_NODIO: o->no_direct_io = true; return 0;
+    case OPT_TIMEOUT: return parse_int(arg, 0, 1 << 30, "--timeout", &o->timeout, e);
+    case OPT_NOSPACE: o->no_space_check = true; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);
@@ -217,6 +223,7 @@ static void defaults(cli_opts *o)
     o->dtype = DT_BF16;
     o->max_shard_size = 5000000000ull;
     o->buffer_size = 64ull << 20;
+    o->timeout = 600;
 }
 
 static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)
