@@ -14,8 +14,9 @@
  * blocking call waits for, a static string).
  *
  * For the tests only: with FSDPMERGE_TESTING=1 in the environment,
- * FSDPMERGE_TEST_STALL=PHASE:RANK makes process RANK stop forever on
- * entering PHASE, as a process stuck in a collective would.
+ * FSDPMERGE_TEST_STALL=PHASE:RANK[:SECONDS] makes process RANK stop on
+ * entering PHASE, for SECONDS or forever, as a process stuck in a collective would (writing its pid
+ * to FSDPMERGE_TEST_PIDFILE when set, so that the test can signal it).
  */
 #ifndef FM_WATCHDOG_H
 #define FM_WATCHDOG_H

@@ -11,7 +11,7 @@
  *   FI_PATH   only calls on a path containing this substring (the fd's path
  *             from /proc/self/fd for fd-based calls)
  *   FI_ACTION fail (default) | block (the call never returns) | short
- *             (pread: returns half the bytes asked, then 0 = end of file)
+ *             (pread: returns 0, the end of file, as a file truncated while read)
  *
  * Built by the Makefile as build/faultinject.so; used by
  * mpi_tests/integration/85_faults.sh. Nothing in the program links it.
@@ -95,7 +95,7 @@ ssize_t pread(int fd, void *buf, size_t n, off_t off)
 {
     REAL(pread);
     if (hit("pread", fd_matches(fd))) {
-        if (is_short()) return n > 1 ? real_pread(fd, buf, n / 2, off) : 0;
+        if (is_short()) return 0; /* end of file: the file was truncated */
         FAIL_WITH(-1);
     }
     return real_pread(fd, buf, n, off);

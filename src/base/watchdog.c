@@ -49,7 +49,8 @@ static void *wd_main(void *arg)
     pthread_mutex_lock(&g.mu);
     while (!g.stop) {
         long long idle = now_ms() - atomic_load(&g.last_ms);
-        if (idle >= (long long)g.timeout * 1000) {
+        /* process 0 fires first, so that one message, not one per process, is the rule */
+        if (idle >= (long long)g.timeout * 1000 + (g.rank ? 2000 : 0)) {
             pthread_mutex_unlock(&g.mu);
             expire(idle);
         }
@@ -97,10 +98,21 @@ static void test_stall(const char *phase)
 {
     const char *on = getenv("FSDPMERGE_TESTING"), *spec = getenv("FSDPMERGE_TEST_STALL");
     if (on == NULL || strcmp(on, "1") != 0 || spec == NULL) return;
-    const char *colon = strrchr(spec, ':');
-    if (colon == NULL || atoi(colon + 1) != g.rank) return;
-    if ((size_t)(colon - spec) != strlen(phase) || strncmp(spec, phase, (size_t)(colon - spec)) != 0) return;
+    char want[64];
+    int rank = -1, seconds = 0;
+    if (sscanf(spec, "%63[^:]:%d:%d", want, &rank, &seconds) < 2 || rank != g.rank || strcmp(want, phase) != 0) return;
+    if (seconds > 0) { /* a pause, e.g. to change a file under a running merge */
+        sleep((unsigned)seconds);
+        atomic_store(&g.last_ms, now_ms());
+        return;
+    }
     atomic_store(&g.waiting, "nothing (stalled by FSDPMERGE_TEST_STALL)");
+    const char *pidfile = getenv("FSDPMERGE_TEST_PIDFILE"); /* so that a test can signal this process */
+    FILE *f = pidfile ? fopen(pidfile, "w") : NULL;
+    if (f) {
+        fprintf(f, "%ld\n", (long)getpid());
+        fclose(f);
+    }
     for (;;) pause();
 }
 

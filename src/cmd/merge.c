@@ -652,9 +652,11 @@ static int optimizer_phase(run *r, fm_err *e)
 
 static int finalize(run *r, fm_err *e)
 {
-    if (r->me == r->writer) {
-        if (write_side_files(r, e) == 0) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
-    }
+    if (r->me == r->writer) write_side_files(r, e);
+    /* every process agrees before the rename: one that failed or stopped
+     * (killed, stalled) now leaves no output under the name */
+    FM_TRY(comm_agree_all(e, r->comm));
+    if (r->me == r->writer) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
     FM_TRY(comm_agree_all(e, r->comm));
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
                        r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
@@ -704,6 +706,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     r.talk = r.me == 0 && !o->quiet;
     double t0 = MPI_Wtime(), t;
     wd_set_cleanup(od_emergency_cleanup);
+    od_set_stale_after(FM_MAX(3600, 2 * o->timeout)); /* a live run never stays silent that long */
     wd_start(o->timeout, r.me, e);
     wd_phase("discover");
     int rc = e->code ? e->code : discover(&r, e);
