@@ -36,6 +36,7 @@ frun() {
         > "$OUT_LOG" 2>&1
     RC=$?
     SECS=$(echo "$(date +%s.%N) - $t0" | bc)
+    return $RC
 }
 
 # expect NAME RC REGEX [MAX_SECONDS] [DIR]: exit code, exactly one
@@ -143,6 +144,7 @@ ksig() {
     local t0=$(date +%s.%N)
     [ -s "$pidf" ] && kill -"$sig" "$(cat "$pidf")"
     wait $bg
+    RC=$?
     SECS=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 # ends(NAME): every process gone within the limit, no output
@@ -150,7 +152,9 @@ ends() {
     local name=$1 want=$2 why=""
     [ "$(echo "$SECS < 15" | bc)" = 1 ] || why+=" took $SECS s after the signal;"
     [ ! -e "$OUTS/$name" ] || why+=" output exists;"
-    [ -z "$why" ] && pass "$name: every process ended $(printf %.1f "$SECS") s after the signal, no output$want" \
+    [ "$(grep -c '^fsdpmerge:' "$OUT_LOG")" -le 1 ] || why+=" more than one message;"
+    [ "$RC" != 0 ] || why+=" exit 0;"
+    [ -z "$why" ] && pass "$name: every process ended $(printf %.1f "$SECS") s after the signal (exit $RC), no output$want" \
         || { fail "$name:$why"; tail -5 "$OUT_LOG"; }
 }
 for ph in read plan write commit; do
@@ -170,9 +174,11 @@ for a in "--mode direct" "--format hdf5"; do
     rm -rf "$OUTS"/* "$OUTS"/.*fsdpmerge-* 2>/dev/null
 done
 # SIGKILL of a non-writer: Open MPI ends the rest; the writer removes the folder on its SIGTERM
-for ph in read write commit; do
-    ksig kill9-$ph-1 KILL $ph 1 --mode gather
-    no_leftovers "$OUTS" && ends kill9-$ph-1 ", no temporary folder" || fail "kill9-$ph-1: folder left"
+for c in "read --mode gather" "write --mode gather" "commit --mode gather" "write --mode direct" "write --format hdf5"; do
+    set -- $c
+    name=kill9-$1-1$2$3
+    ksig $name KILL $1 1 $2 $3
+    no_leftovers "$OUTS" && ends $name ", no temporary folder" || fail "$name: folder left"
     rm -rf "$OUTS"/* "$OUTS"/.*fsdpmerge-* 2>/dev/null
 done
 # SIGKILL of the writer leaves its folder: the next run on the target removes it and says so
