@@ -174,6 +174,7 @@ static int choose_mode(run *r, fm_err *e)
     r->why = r->o->mode == CLI_MODE_DIRECT ? "direct (every process writes its own pieces with MPI-IO)"
              : r->o->mode == CLI_MODE_GATHER ? "gather (the writer writes the files)"
              : auto_reason(r, shared, hosts);
+    if (r->o->format == CLI_FORMAT_HDF5) r->why = "parallel HDF5 (every process writes its pieces of model.h5)";
     return 0;
 }
 
@@ -705,6 +706,10 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     MPI_Comm_size(comm, &r.nprocs);
     r.talk = r.me == 0 && !o->quiet;
     double t0 = MPI_Wtime(), t;
+    /* files opened from now on (ours and parallel HDF5's) return errors
+     * instead of aborting; MPI_COMM_WORLD stays fatal on errors: a peer that
+     * died ends the job at once, which is what we want there */
+    MPI_File_set_errhandler(MPI_FILE_NULL, MPI_ERRORS_RETURN);
     wd_set_cleanup(od_emergency_cleanup);
     od_set_stale_after(FM_MAX(3600, 2 * o->timeout)); /* a live run never stays silent that long */
     wd_start(o->timeout, r.me, e);

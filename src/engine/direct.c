@@ -132,6 +132,7 @@ static int open_file(dctx *x, const char *path, const plan_file *pf, bool first,
 {
     int rc = MPI_File_open(x->comm, path, MPI_MODE_CREATE | MPI_MODE_EXCL | MPI_MODE_WRONLY, x->o->info, fh);
     if (rc != MPI_SUCCESS) return comm_mpi_error(e, rc, "MPI_File_open of the output");
+    MPI_File_set_errhandler(*fh, MPI_ERRORS_RETURN); /* every call's error is ours to agree on */
     if (first) print_hints(x, *fh);
     rc = MPI_File_set_size(*fh, (MPI_Offset)pf->size);
     if (rc == MPI_SUCCESS && x->me == x->o->writer)
