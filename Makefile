@@ -53,7 +53,7 @@ LIB_OBJS_ASAN := $(LIB_SRCS:src/%.c=build-asan/obj/%.o)
 UNIT_BINS      := $(UNIT_SRCS:mpi_tests/unit/%.c=build/tests/%)
 UNIT_BINS_ASAN := $(UNIT_SRCS:mpi_tests/unit/%.c=build-asan/tests/%)
 
-.PHONY: all test unit unit-asan integration example bench clean help install uninstall deb asan-bin check-layers
+.PHONY: all test unit unit-asan integration example bench clean help install uninstall deb asan-bin check-layers faultinject fuzz fuzz-replay
 
 ## all: build bin/fsdpmerge and bin/fsdpsynth
 all: bin/fsdpmerge bin/fsdpsynth
@@ -92,8 +92,47 @@ build-asan/tests/%: mpi_tests/unit/%.c $(LIB_OBJS_ASAN)
 ## unit: build the cmocka unit tests (normal and sanitizer builds)
 unit: $(UNIT_BINS) $(UNIT_BINS_ASAN)
 
+## faultinject: the test-only LD_PRELOAD shim that makes chosen calls fail (mpi_tests/faultinject/)
+faultinject: build/faultinject.so
+
+build/faultinject.so: mpi_tests/faultinject/faultinject.c
+	@mkdir -p $(@D)
+	$(Q)gcc -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
+# Fuzzing (mpi_tests/fuzz/): one libFuzzer harness per parser. fuzz-replay
+# builds each with gcc + a replay main under ASan+UBSan (the test suite runs
+# the corpus through them); fuzz builds them with clang's libFuzzer and runs
+# each for FUZZ_SECONDS (tools/fuzz.sh).
+FUZZ_HARNESSES := pkl ptz st json
+FUZZ_REPLAY    := $(FUZZ_HARNESSES:%=build-asan/fuzz/replay_%)
+FUZZ_BINS      := $(FUZZ_HARNESSES:%=build-fuzz/fuzz_%)
+LIB_OBJS_FUZZ  := $(LIB_SRCS:src/%.c=build-fuzz/obj/%.o)
+FUZZ_CC        ?= clang
+FUZZ_FLAGS     := -O1 -g -fno-omit-frame-pointer $(shell mpicc --showme:compile 2>/dev/null)
+FUZZ_SECONDS   ?= 600
+
+## fuzz-replay: the fuzz harnesses as plain ASan+UBSan programs that replay files
+fuzz-replay: $(FUZZ_REPLAY)
+
+build-asan/fuzz/replay_%: mpi_tests/fuzz/fuzz_%.c mpi_tests/fuzz/replay_main.c $(LIB_OBJS_ASAN)
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CPPFLAGS) $(filter-out -O2 -MMD -MP,$(CFLAGS)) $(ASAN_FLAGS) -o $@ $< mpi_tests/fuzz/replay_main.c $(LIB_OBJS_ASAN) $(LDLIBS)
+
+build-fuzz/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) -std=c11 $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+
+build-fuzz/fuzz_%: mpi_tests/fuzz/fuzz_%.c $(LIB_OBJS_FUZZ)
+	@mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) -std=c11 $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(LIB_OBJS_FUZZ) \
+	    $(shell mpicc --showme:link 2>/dev/null) $(LDLIBS)
+
+## fuzz: libFuzzer on every harness, FUZZ_SECONDS each (default 600; clang needed: tools/deps.sh --test)
+fuzz: $(FUZZ_BINS)
+	$(Q)FUZZ_SECONDS=$(FUZZ_SECONDS) bash tools/fuzz.sh
+
 ## test: run every test; the last line is "N passed, M failed"
-test: all unit asan-bin
+test: all unit asan-bin faultinject fuzz-replay
 	$(Q)bash mpi_tests/run_all.sh
 
 ## check-layers: fail when a source includes a layer above its own (src/*/README.md)
@@ -142,7 +181,7 @@ deb:
 
 ## clean: remove build outputs
 clean:
-	rm -rf build build-asan bin
+	rm -rf build build-asan build-fuzz bin
 
 ## help: list the targets
 help:

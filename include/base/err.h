@@ -25,7 +25,8 @@ typedef enum fm_code {
     FM_ENOMEM = 8,       /* allocation failed */
     FM_EMPI = 9,         /* an MPI call failed */
     FM_EINTERNAL = 10,   /* a bug: an invariant did not hold */
-    FM_EDIFFER = 11      /* verify (or merge --verify): the output differs from what it should hold */
+    FM_EDIFFER = 11,     /* verify (or merge --verify): the output differs from what it should hold */
+    FM_ETIMEOUT = 12     /* the watchdog ended a process stuck in one phase (--timeout) */
 } fm_code;
 
 #define FM_ERR_MSG_MAX 1024

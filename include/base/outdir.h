@@ -6,6 +6,13 @@
  * is refused unless force is set; then it is moved aside, replaced, and
  * removed only after the new folder is in place. A failed run removes its
  * temporary folder, so no half-written output is ever left under the name.
+ *
+ * A run killed outright (SIGKILL, a lost node) cannot clean up: each
+ * temporary folder records its owner (.fsdpmerge-owner: host, pid, process
+ * start time, command), and od_prepare() removes a leftover one of the same
+ * target whose owner is gone (on this host: that process no longer exists;
+ * on another: only with force, when nothing in it changed for the stale age)
+ * and says so on stderr; otherwise it names it and how to remove it.
  */
 #ifndef FM_OUTDIR_H
 #define FM_OUTDIR_H
@@ -30,6 +37,13 @@ int od_prepare(const char *target, bool force, od_state *st, fm_err *e);
 int od_commit(od_state *st, bool force, bool do_fsync, fm_err *e);
 /*! od_abort() : removes the temporary folder. Accepts a zeroed state. */
 void od_abort(od_state *st);
+/*! od_set_stale_after() : a temporary folder of another host, untouched for
+ *  this many seconds, is stale (removed with force). Default 3600. */
+void od_set_stale_after(int seconds);
+/*! od_emergency_cleanup() : removes the temporary folder of this process
+ *  (if any) without freeing anything: for the watchdog, just before it
+ *  ends the job. */
+void od_emergency_cleanup(void);
 /*! od_temp_path() : the temporary folder, or NULL before od_prepare(). */
 const char *od_temp_path(const od_state *st);
 

@@ -72,6 +72,8 @@ typedef struct cli_opts {
     const char *reference;    /* verify: a HuggingFace folder to compare with */
     double atol, rtol;        /* verify --reference: tolerances (both 0: bytes) */
     bool dtype_given, shard_size_given; /* --dtype, --max-shard-size on the command line */
+    int timeout;              /* watchdog: seconds without progress in a phase, 0 = off */
+    bool no_space_check;      /* skip the pre-flight statvfs of the output */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

@@ -81,6 +81,11 @@ bool h5_available(void);
  *  lets the caller refuse before any work. */
 int h5_check_names(const plan *pl, fm_err *e);
 
+/*! h5_size_estimate() : an upper bound of model.h5's size for pl (tensor
+ *  bytes, alignment padding, metadata): what the space check and the
+ *  reservation of the file ask for. */
+uint64_t h5_size_estimate(const plan *pl, const h5_opts *o);
+
 /*! h5_write_all() : COLLECTIVE. Writes every tensor of pl into the HDF5 file
  *  at path (every process must see it: a shared file system). zips[r] is the
  *  open shard of original rank r for the ranks this process reads (NULL for

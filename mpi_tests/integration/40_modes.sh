@@ -27,11 +27,11 @@ for spec in fsdp2_ws4_shard1:4 fsdp2_ws8_uneven_bf16:8 fsdp1_ws2_nomesh:2 fsdp1_
     done
 done
 
-# auto picks direct when every process sees the output folder (here: one machine) and says
-# so; mpi_tests/integration/90_multihost.sh checks the fallback to gather
+# auto picks gather, the measured fast path, when every process runs on one host (here) and
+# says why; mpi_tests/integration/90_multihost.sh checks direct across hosts
 out=$SCRATCH/auto
 mpimerge 4 "$FIX/fsdp2_ws4_tied/global_step_1" --output "$out" --progress none
-grep -q "Mode: *direct (every process sees the output folder" "$OUT_LOG" && pass "auto mode chooses direct when the output folder is shared" \
+grep -q "Mode: *gather (auto: every process runs on one host" "$OUT_LOG" && pass "auto mode chooses gather on one host" \
     || fail "auto mode: $(grep Mode "$OUT_LOG")"
 check_ref "auto mode" "$out" "$FIX/fsdp2_ws4_tied/reference/bf16" "auto"
 rm -rf "$out"

@@ -103,7 +103,7 @@ out=$SCRATCH/ws8-auto
 E=$FIX/fsdp2_ws8_uneven_bf16
 if mpimh 8 --hostfile "$HF" -- "$E/global_step_1" --output "$out" --progress none --buffer-size 64KiB; then
     check_ref "ws8 uneven over 3 hosts (3+3+2 ranks), auto mode, 64KiB buffers" "$out" "$E/reference/bf16"
-    grep -q "Mode: *direct" "$OUT_LOG" && pass "auto picks direct when every host sees the output folder" \
+    grep -q "Mode: *direct (auto: processes on 3 hosts" "$OUT_LOG" && pass "auto picks direct when the processes span hosts that all see the output folder" \
         || fail "auto mode on a shared folder: $(grep Mode "$OUT_LOG")"
 else
     fail "ws8 over 3 hosts: exit $?"; tail -5 "$OUT_LOG"
@@ -143,7 +143,7 @@ fi
 # output on fmhost1's own disk: only the writer sees it
 if mpimh 4 "${H[@]}" -- "$ck" --shard-template "$tmpl" --output "$MH/local/merged" --progress none; then
     check_ref "node-local shards, output on the writer's node-local disk" "$MH/disk-fmhost1/merged" "$T/reference/bf16"
-    grep -q "Mode: *gather (not every process sees the output folder)" "$OUT_LOG" \
+    grep -q "Mode: *gather (auto: not every process sees the output folder)" "$OUT_LOG" \
         && pass "output only the writer's host sees: auto falls back to gather" || fail "auto: $(grep Mode "$OUT_LOG")"
     [ ! -e "$MH/disk-fmhost2/merged" ] && [ ! -e "$MH/disk-fmhost3/merged" ] && no_leftovers "$MH/disk-fmhost2" \
         && no_leftovers "$MH/disk-fmhost3" && pass "nothing written on the other hosts' disks" || fail "files on other hosts' disks"

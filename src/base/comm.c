@@ -2,6 +2,7 @@
 #include "base/comm.h"
 
 #include "base/util.h"
+#include "base/watchdog.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,8 +24,11 @@ int comm_agree_all(fm_err *e, MPI_Comm comm)
         int ok;
         int rank;
     } in = {e->code == 0 ? 1 : 0, me}, out;
+    wd_waiting("the other processes to finish the step (error agreement, MPI_Allreduce)");
     int rc = MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, comm);
+    wd_waiting(NULL);
     if (rc != MPI_SUCCESS) return comm_mpi_error(e, rc, "MPI_Allreduce (error agreement)");
+    wd_progress();
     if (out.ok == 1) return 0;
     rc = MPI_Bcast(e, (int)sizeof *e, MPI_BYTE, out.rank, comm);
     if (rc != MPI_SUCCESS) return comm_mpi_error(e, rc, "MPI_Bcast (error message)");

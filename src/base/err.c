@@ -53,6 +53,7 @@ const char *fm_code_name(int code)
     case FM_ENOMEM: return "out of memory";
     case FM_EMPI: return "MPI error";
     case FM_EINTERNAL: return "internal error";
+    case FM_ETIMEOUT: return "timed out (watchdog)";
     default: return "unknown error";
     }
 }

@@ -14,7 +14,7 @@ enum {
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
     OPT_FORMAT, OPT_MAN, OPT_LORA, OPT_LORA_NAME, OPT_LORA_ALPHA, OPT_LORA_RANK,
-    OPT_DCPKEY, OPT_HFCONFIG, OPT_NOMANIFEST, OPT_VERIFY, OPT_REFERENCE, OPT_ATOL, OPT_RTOL
+    OPT_DCPKEY, OPT_HFCONFIG, OPT_NOMANIFEST, OPT_VERIFY, OPT_REFERENCE, OPT_ATOL, OPT_RTOL, OPT_TIMEOUT, OPT_NOSPACE
 };
 
 typedef struct opt_spec {
@@ -100,6 +100,10 @@ static const opt_spec SPECS[] = {
     {"rtol", 0, required_argument, OPT_RTOL, "X", "verify --reference: relative tolerance (default 0)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
+    {"timeout", 0, required_argument, OPT_TIMEOUT, "SECONDS",
+     "end every process (exit 12) when one makes no progress for SECONDS in a phase (default 600; 0 = never)"},
+    {"no-space-check", 0, no_argument, OPT_NOSPACE, NULL,
+     "skip the check of the output file system's free space (for file systems that misreport it)"},
     {"man", 0, no_argument, OPT_MAN, NULL, "print this help as a manual page (roff), as installed in fsdpmerge.1"},
 };
 
@@ -122,7 +126,7 @@ static const char DESCRIPTION[] =
     "Run one process per original rank (-np W, the world size of the checkpoint) or fewer: "
     "process p then reads ranks p, p+P, ...";
 static const char EXIT_CODES[] = "0 ok, 2 usage, 3 I/O, 4 corrupt input, 5 unsupported input, 6 ranks disagree, "
-                                 "7 output exists, 8 out of memory, 9 MPI, 10 internal, 11 verify found a difference";
+                                 "7 output exists, 8 out of memory, 9 MPI, 10 internal, 11 verify found a difference, 12 watchdog timeout";
 
 /* Prints text from column `indent`, wrapping at `width` on spaces. */
 static void print_wrapped(FILE *out, const char *text, int indent, int width)
@@ -326,6 +330,8 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_REFERENCE: o->reference = arg; return 0;
     case OPT_ATOL: return parse_tol(arg, "--atol", &o->atol, e);
     case OPT_RTOL: return parse_tol(arg, "--rtol", &o->rtol, e);
+    case OPT_TIMEOUT: return parse_int(arg, 0, 1 << 30, "--timeout", &o->timeout, e);
+    case OPT_NOSPACE: o->no_space_check = true; return 0;
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     case OPT_MAN: o->command = CLI_MAN; return 0;
@@ -341,6 +347,7 @@ static void defaults(cli_opts *o)
     o->max_shard_size = 5000000000ull;
     o->buffer_size = 64ull << 20;
     o->lora_name = "default";
+    o->timeout = 600;
 }
 
 static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)

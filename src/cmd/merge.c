@@ -9,6 +9,8 @@
 
 #include "ckpt/ckpt.h"
 #include "base/comm.h"
+#include "base/fsspace.h"
+#include "base/watchdog.h"
 #include "state/extrastate.h"
 #include "engine/h5out.h"
 #include "hf/hfdir.h"
@@ -130,9 +132,37 @@ static int probe_shared(run *r, bool *shared, fm_err *e)
 static bool wants_hdf5(const run *r) { return r->o->format != CLI_FORMAT_SAFETENSORS; }
 static bool wants_safetensors(const run *r) { return r->o->format != CLI_FORMAT_HDF5; }
 
-/* auto: direct when every process sees the output folder (probed), else
- * gather, as the scale issue specifies. On one machine gather's O_DIRECT
- * writes measured faster (docs/benchmarks.md): the banner says so. */
+/* How many hosts the processes run on (by MPI_Get_processor_name). */
+static int count_hosts(run *r)
+{
+    char name[MPI_MAX_PROCESSOR_NAME + 1] = "", *all = malloc((size_t)r->nprocs * sizeof name);
+    int len = 0, hosts = 1;
+    MPI_Get_processor_name(name, &len);
+    if (all == NULL) return 2; /* cannot tell: assume several (direct stays possible) */
+    MPI_Allgather(name, (int)sizeof name, MPI_CHAR, all, (int)sizeof name, MPI_CHAR, r->comm);
+    for (int q = 1; q < r->nprocs; q++) {
+        bool seen = false;
+        for (int p = 0; p < q && !seen; p++) seen = strcmp(all + (size_t)p * sizeof name, all + (size_t)q * sizeof name) == 0;
+        hosts += !seen;
+    }
+    free(all);
+    return hosts;
+}
+
+/* auto = the measured fast path (docs/benchmarks.md): gather on one host,
+ * where the writer's O_DIRECT writes beat collective MPI-IO 2-3x, and when
+ * only the writer sees the output folder; direct when the processes span
+ * hosts that all see it, so that write bandwidth grows with the nodes. */
+static const char *auto_reason(run *r, bool shared, int hosts)
+{
+    static char why[160];
+    if (!shared) return "gather (auto: not every process sees the output folder)";
+    if (hosts == 1) return "gather (auto: every process runs on one host, where gather is the fastest)";
+    snprintf(why, sizeof why, "direct (auto: processes on %d hosts, all see the output folder)", hosts);
+    (void)r;
+    return why;
+}
+
 static int choose_mode(run *r, fm_err *e)
 {
     bool shared = false;
@@ -150,11 +180,12 @@ static int choose_mode(run *r, fm_err *e)
     if (r->o->mode == CLI_MODE_DIRECT && !shared)
         return fm_fail(e, FM_EUSAGE, "--mode direct: not every process can see the output folder %s (use --mode gather)",
                        r->tmpdir);
-    r->direct = r->o->mode == CLI_MODE_DIRECT || (r->o->mode == CLI_MODE_AUTO && shared);
+    int hosts = count_hosts(r);
+    r->direct = r->o->mode == CLI_MODE_DIRECT || (r->o->mode == CLI_MODE_AUTO && shared && hosts > 1);
     r->why = r->o->mode == CLI_MODE_DIRECT ? "direct (every process writes its own pieces with MPI-IO)"
              : r->o->mode == CLI_MODE_GATHER ? "gather (the writer writes the files)"
-             : r->direct ? "direct (every process sees the output folder; on one machine --mode gather is faster)"
-                         : "gather (not every process sees the output folder)";
+             : auto_reason(r, shared, hosts);
+    if (r->o->format == CLI_FORMAT_HDF5) r->why = "parallel HDF5 (every process writes its pieces of model.h5)";
     return 0;
 }
 
@@ -410,12 +441,33 @@ static int make_plan(run *r, fm_err *e)
     return 0;
 }
 
+/* Before any data moves: does the output fit? Every process that writes
+ * checks (the writer in gather mode; all in direct mode and for HDF5: a
+ * per-node quota can differ). The side files (config, tokenizer) are small
+ * and not counted; each weight file also reserves its blocks on creation. */
+static int check_space(run *r, fm_err *e)
+{
+    if (r->o->no_space_check) return 0;
+    uint64_t need = 0;
+    for (size_t f = 0; f < r->pl.nfiles && wants_safetensors(r); f++) need += r->pl.files[f].size;
+    if (wants_hdf5(r)) {
+        h5_opts ho;
+        h5_opts_init(&ho);
+        need += h5_size_estimate(&r->pl, &ho);
+    }
+    if (r->me == r->writer || r->direct || wants_hdf5(r)) {
+        if (fs_check_space(r->tmpdir, need, e)) fm_context(e, "process %d", r->me);
+    }
+    return comm_agree_all(e, r->comm);
+}
+
 /* ---- phase 5: data ---- */
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
     (void)total;
     run *r = ctx;
+    wd_progress();
     if (r->talk) pg_update(&r->bar, done);
 }
 
@@ -860,6 +912,8 @@ static int verify_written(run *r, fm_err *e)
 static int finalize(run *r, fm_err *e)
 {
     if (r->me == r->writer) write_side_files(r, e);
+    /* every process agrees before the rename: one that failed or stopped
+     * (killed, stalled) now leaves no output under the name */
     FM_TRY(comm_agree_all(e, r->comm));
     FM_TRY(verify_written(r, e));
     if (r->me == r->writer) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
@@ -918,11 +972,20 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     r.talk = r.me == 0 && !o->quiet;
     r.dry = o->command == CLI_CHECK || o->command == CLI_VERIFY;
     double t0 = MPI_Wtime(), t;
-    int rc = discover(&r, e);
+    /* files opened from now on (ours and parallel HDF5's) return errors
+     * instead of aborting; MPI_COMM_WORLD stays fatal on errors: a peer that
+     * died ends the job at once, which is what we want there */
+    MPI_File_set_errhandler(MPI_FILE_NULL, MPI_ERRORS_RETURN);
+    wd_set_cleanup(od_emergency_cleanup);
+    od_set_stale_after(FM_MAX(3600, 2 * o->timeout)); /* a live run never stays silent that long */
+    wd_start(o->timeout, r.me, e);
+    wd_phase("discover");
+    int rc = e->code ? e->code : discover(&r, e);
     r.times.discover = MPI_Wtime() - t0;
     if (rc == 0) {
         banner(&r);
         t = MPI_Wtime();
+        wd_phase("read");
         open_mine(&r, e);
         rc = comm_agree_all(e, comm);
         if (rc == 0) rc = exchange(&r, r.ix, e);
@@ -932,15 +995,18 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
     if (rc == 0) {
         print_loaded(&r);
         t = MPI_Wtime();
+        wd_phase("plan");
         rc = read_config(&r, e);
         if (rc == 0) lrun_setup(&r.lora, o, &r.layout, &r.ix[0], comm, r.talk ? out : NULL, e);
         if (rc == 0) rc = comm_agree_all(e, comm);
         if (rc == 0) rc = make_plan(&r, e);
+        if (rc == 0) rc = check_space(&r, e);
         r.times.plan = MPI_Wtime() - t;
     }
     if (rc == 0 && r.dry) rc = o->command == CLI_VERIFY ? verify_phase(&r, e) : check_phase(&r, e);
     if (rc == 0 && !r.dry) {
         t = MPI_Wtime();
+        wd_phase("write");
         rc = move_data(&r, e);
         if (rc == 0) rc = adapter_phase(&r, e);
         r.times.data = MPI_Wtime() - t;
@@ -949,6 +1015,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
         t = MPI_Wtime();
         rc = training_state(&r, e);
         if (rc == 0) rc = optimizer_phase(&r, e);
+        if (rc == 0) wd_phase("commit");
         if (rc == 0) rc = finalize(&r, e);
         r.times.finalize = MPI_Wtime() - t;
     }
@@ -962,6 +1029,7 @@ int mg_run_all(const cli_opts *o, MPI_Comm comm, FILE *out, fm_err *e)
                      r.layout.world_size, r.nprocs, r.writer, &r.pl, &r.times, read_total, e);
         rc = comm_agree_all(e, comm);
     }
+    wd_stop();
     cleanup(&r);
     return rc;
 }

@@ -2,11 +2,15 @@
  * the output files with collective MPI-IO (see xfer.h). */
 #include "engine/xfer.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/comm.h"
+#include "base/fsspace.h"
+#include "base/watchdog.h"
 #include "base/dtype.h"
 #include "plan/segment.h"
 #include "base/util.h"
@@ -98,7 +102,7 @@ static int fill_round(dctx *x, sg_stream *st, const plan_file *pf, uint64_t *use
     return 0;
 }
 
-static int write_round(dctx *x, MPI_File fh, uint64_t used, fm_err *e)
+static int write_round(dctx *x, MPI_File fh, const char *path, uint64_t used, fm_err *e)
 {
     MPI_Datatype t = MPI_BYTE;
     int rc = file_type(&x->b, &t, e);
@@ -106,9 +110,17 @@ static int write_round(dctx *x, MPI_File fh, uint64_t used, fm_err *e)
     MPI_Offset disp = x->b.n ? (MPI_Offset)x->b.disp[0] : 0;
     int mrc = MPI_File_set_view(fh, disp, MPI_BYTE, t, "native", x->o->info);
     /* offset 0 of the view: the view's displacement is the round's first block */
-    if (mrc == MPI_SUCCESS) mrc = MPI_File_write_at_all(fh, 0, x->buf, (int)used, MPI_BYTE, MPI_STATUS_IGNORE);
+    MPI_Status status;
+    int count = -1;
+    wd_waiting("MPI_File_write_at_all (the collective write of a round)");
+    if (mrc == MPI_SUCCESS) mrc = MPI_File_write_at_all(fh, 0, x->buf, (int)used, MPI_BYTE, &status);
+    wd_waiting(NULL);
     if (t != MPI_BYTE) MPI_Type_free(&t);
-    return mrc == MPI_SUCCESS ? 0 : comm_mpi_error(e, mrc, "MPI_File_write_at_all");
+    if (mrc != MPI_SUCCESS) return comm_mpi_error(e, mrc, "MPI_File_write_at_all");
+    /* ompio returns MPI_SUCCESS when its pwritev fails; the count shows it */
+    if (MPI_Get_count(&status, MPI_BYTE, &count) == MPI_SUCCESS && count == (int)used) return 0;
+    return fm_fail(e, FM_EIO, "cannot write %s: the collective write stored %d of %d bytes (Open MPI's message above "
+                   "names the cause)", path, count, (int)used);
 }
 
 static void print_hints(dctx *x, MPI_File fh)
@@ -120,6 +132,7 @@ static int open_file(dctx *x, const char *path, const plan_file *pf, bool first,
 {
     int rc = MPI_File_open(x->comm, path, MPI_MODE_CREATE | MPI_MODE_EXCL | MPI_MODE_WRONLY, x->o->info, fh);
     if (rc != MPI_SUCCESS) return comm_mpi_error(e, rc, "MPI_File_open of the output");
+    MPI_File_set_errhandler(*fh, MPI_ERRORS_RETURN); /* every call's error is ours to agree on */
     if (first) print_hints(x, *fh);
     rc = MPI_File_set_size(*fh, (MPI_Offset)pf->size);
     if (rc == MPI_SUCCESS && x->me == x->o->writer)
@@ -146,8 +159,13 @@ static int direct_file(dctx *x, int f, const char *dir, uint64_t *done, xf_progr
     MPI_File fh = MPI_FILE_NULL;
     int rc = open_file(x, path, pf, f == 0, &fh, e);
     if (rc) fm_context(e, "%s", path);
-    free(path);
-    FM_TRY(comm_agree_all(e, x->comm)); /* MPI_File_open is collective: all or none have it */
+    /* ompio loses a failed pwritev inside write_at_all (the call succeeds,
+     * the bytes are gone): no later write may find the disk full */
+    else if (x->me == x->o->writer) fs_reserve_path(path, pf->size, e);
+    if (comm_agree_all(e, x->comm)) { /* MPI_File_open is collective: all or none have it */
+        free(path);
+        return e->code;
+    }
     sg_stream st;
     rc = sg_stream_init(&st, x->pl, f, x->me, e);
     uint64_t nrounds = rounds_for(x, f);
@@ -155,7 +173,7 @@ static int direct_file(dctx *x, int f, const char *dir, uint64_t *done, xf_progr
         uint64_t used = 0, all = 0;
         if (e->code == 0) fill_round(x, &st, pf, &used, e);
         if (comm_agree_all(e, x->comm)) break;
-        write_round(x, fh, used, e);
+        write_round(x, fh, path, used, e);
         MPI_Allreduce(&used, &all, 1, MPI_UINT64_T, MPI_SUM, x->comm);
         if (comm_agree_all(e, x->comm)) break;
         *done += all;
@@ -168,6 +186,7 @@ static int direct_file(dctx *x, int f, const char *dir, uint64_t *done, xf_progr
     }
     int mrc = MPI_File_close(&fh);
     if (mrc != MPI_SUCCESS && e->code == 0) comm_mpi_error(e, mrc, "MPI_File_close");
+    free(path);
     return comm_agree_all(e, x->comm);
 }
 

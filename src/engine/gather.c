@@ -5,12 +5,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "base/comm.h"
+#include "base/fsspace.h"
 #include "base/dtype.h"
 #include "plan/segment.h"
 #include "base/util.h"
@@ -38,6 +40,7 @@ typedef struct iothread {
     iojob jobs[2];
     bool stop, started;
     fm_err err;
+    char path[4096]; /* the file being written, for messages; set before its first job */
 } iothread;
 
 static int write_job(const iojob *j)
@@ -67,7 +70,7 @@ static void *io_main(void *arg)
         pthread_mutex_unlock(&io->mu);
         int err = io->err.code ? 0 : write_job(&job);
         pthread_mutex_lock(&io->mu);
-        if (err && io->err.code == 0) fm_fail(&io->err, FM_EIO, "write failed: %s", strerror(err));
+        if (err && io->err.code == 0) fs_write_error(&io->err, err, io->path);
         io->jobs[k].busy = false;
         pthread_cond_broadcast(&io->cv);
     }
@@ -211,6 +214,7 @@ static int open_output(const char *dir, const plan_file *pf, bool direct_io, int
         rc = fm_fail(e, FM_EIO, "cannot size %s to %" PRIu64 " bytes: %s", path, pf->size, strerror(errno));
     else if (fm_pwrite_all(fds[0], pf->header.data, pf->header.len, 0) != 0)
         rc = fm_fail(e, FM_EIO, "cannot write the header of %s: %s", path, strerror(errno));
+    else rc = fs_reserve(fds[0], pf->size, path, e);
     if (rc == 0 && direct_io) fds[1] = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC); /* -1 (EINVAL) on tmpfs etc. */
     free(path);
     return rc;
@@ -238,7 +242,12 @@ static int merge_file(xctx *x, int f, const char *dir, uint64_t *done, xf_progre
     const plan_file *pf = &x->pl->files[f];
     bool writer = x->me == x->o->writer;
     int fds[2] = {-1, -1};
-    if (writer) open_output(dir, pf, x->o->direct_io, fds, e);
+    if (writer) {
+        open_output(dir, pf, x->o->direct_io, fds, e);
+        pthread_mutex_lock(&x->io.mu);
+        snprintf(x->io.path, sizeof x->io.path, "%s/%s", dir, pf->name);
+        pthread_mutex_unlock(&x->io.mu);
+    }
     if (comm_agree_all(e, x->comm)) {
         if (fds[0] >= 0) close_output(fds, pf->name, false, e);
         return e->code;

@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include "base/comm.h"
+#include "base/fsspace.h"
+#include "base/watchdog.h"
 #include "base/dtype.h"
 #include "plan/segment.h"
 #include "base/util.h"
@@ -58,6 +60,17 @@ int h5_check_names(const plan *pl, fm_err *e)
                            n, pl->tensors[i].key);
     }
     return 0;
+}
+
+uint64_t h5_size_estimate(const plan *pl, const h5_opts *o)
+{
+    uint64_t total = 1u << 20; /* superblock, root group, attributes (config.json) */
+    for (size_t i = 0; i < pl->ntensors; i++) {
+        uint64_t n = pl->tensors[i].numel * dt_size(pl->tensors[i].out_dtype);
+        if (o->alignment > 1 && n >= o->align_threshold) n += o->alignment - 1; /* the padding before it */
+        total += n + 4096; /* its object header and attributes */
+    }
+    return total;
 }
 
 #ifndef FM_HAVE_HDF5
@@ -448,7 +461,9 @@ static int write_batch(hctx *x, const plan_tensor *t, hid_t dset, hid_t type, fm
         close_id(&ms, H5Sclose);
         if (select_batch(x, t, fs, &ms) < 0) rc = -2; /* cannot even take part */
     }
+    wd_waiting("H5Dwrite (a collective write of parallel HDF5)");
     if (rc != -2 && H5Dwrite(dset, type, ms, fs, x->dxpl, x->buf) < 0 && rc == 0) rc = -1;
+    wd_waiting(NULL);
     if (rc == 0) {
         uint32_t local = 0, global = 0;
         if (H5Pget_mpio_no_collective_cause(x->dxpl, &local, &global) >= 0 && local != H5D_MPIO_COLLECTIVE)
@@ -577,6 +592,8 @@ static int create_file(hctx *x, const char *path, fm_err *e)
         x->file = H5Fcreate(path, o->overwrite ? H5F_ACC_TRUNC : H5F_ACC_EXCL, H5P_DEFAULT, fapl);
         if (x->file < 0) rc = h5_fail(e, "creating %s", path);
         else print_hints(x, fapl);
+        /* a write that finds the disk full inside a collective can strand the peers */
+        if (rc == 0 && x->me == 0) rc = fs_reserve_path(path, h5_size_estimate(x->pl, o), e);
     }
     if (fapl >= 0) H5Pclose(fapl);
     return rc;
@@ -610,7 +627,9 @@ static int create_dataset(hctx *x, const plan_tensor *t, hid_t *type, hid_t *dse
     }
     hid_t sp = tensor_space(t);
     if (sp < 0) return h5_fail(e, "dataspace of dataset '%s'", t->name);
+    wd_waiting("H5Dcreate2 (collective in parallel HDF5)");
     *dset = H5Dcreate2(x->file, t->name, *type, sp, x->lcpl, x->dcpl, H5P_DEFAULT);
+    wd_waiting(NULL);
     H5Sclose(sp);
     if (*dset < 0) return h5_fail(e, "creating dataset '%s'", t->name);
     fm_err ae = {0};
@@ -689,7 +708,9 @@ static int finish_file(hctx *x, const char *path, fm_err *e)
     int rc = comm_agree_all(e, x->comm);
     if (rc == 0 && x->o->fsync && H5Fflush(x->file, H5F_SCOPE_GLOBAL) < 0) h5_fail(e, "flushing %s to disk", path);
     fm_err ce = {0};
+    wd_waiting("H5Fclose (parallel HDF5 flushes its metadata collectively)");
     if (H5Fclose(x->file) < 0) h5_fail(&ce, "closing %s", path);
+    wd_waiting(NULL);
     keep_first(e, &ce);
     x->file = H5I_INVALID_HID;
     rc = comm_agree_all(e, x->comm);
