@@ -11,7 +11,7 @@ enum {
     OPT_CHECKPOINT = 256, OPT_OUTPUT, OPT_ACTOR, OPT_DTYPE, OPT_SHARD, OPT_BUFFER, OPT_WRITER, OPT_WORLD,
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
-    OPT_FORMAT
+    OPT_FORMAT, OPT_PLACEMENT, OPT_MESH
 };
 
 typedef struct opt_spec {
@@ -41,7 +41,8 @@ static const opt_spec SPECS[] = {
     {"writer-rank", 0, required_argument, OPT_WRITER, "N", "process that writes the output files (default 0)"},
     {"buffer-size", 0, required_argument, OPT_BUFFER, "SIZE",
      "I/O buffer budget per process (default 64MiB); bounds the memory of every process"},
-    {"world-size", 0, required_argument, OPT_WORLD, "N", "expected world size (checked against the files)"},
+    {"world-size", 0, required_argument, OPT_WORLD, "N",
+     "expected world size (checked against the files); reshard: the world size to write"},
     {"plain", 0, required_argument, OPT_PLAIN, "MODE",
      "plain (non-DTensor) tensors: auto (default: identical on all ranks = replicated, else dim-0 slices), "
      "replicated, or concat"},
@@ -73,6 +74,11 @@ static const opt_spec SPECS[] = {
     {"quiet", 'q', no_argument, OPT_QUIET, NULL, "print errors only"},
     {"json", 0, no_argument, OPT_JSON, NULL, "inspect: print JSON"},
     {"values", 0, required_argument, OPT_VALUES, "N", "inspect: print the first N values of each tensor (-1 = all)"},
+    {"placement", 0, required_argument, OPT_PLACEMENT, "RULE",
+     "reshard: dim0 (Shard(0) everywhere) or verl (the first dim divisible by the shard count); default: the rule "
+     "the input follows"},
+    {"mesh", 0, required_argument, OPT_MESH, "R,S",
+     "reshard: an HSDP mesh of R replicas of S shards (default: the input's replicas, shards resized)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
 };
@@ -108,7 +114,8 @@ void cli_usage(FILE *out)
             "  mpirun -np W fsdpmerge --checkpoint_path CKPT --output_path OUT [options]\n"
             "  mpirun -np W fsdpmerge CKPT [--output OUT] [--actor-dir actor] [--dtype bfloat16]\n"
             "  fsdpmerge CKPT                      (one process; output CKPT_merged)\n"
-            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n\n"
+            "  fsdpmerge inspect FILE.pt [--json] [--values N]\n"
+            "  mpirun -np P fsdpmerge reshard CKPT --world-size N --output_path OUT [--placement dim0|verl]\n\n"
             "Run one process per original rank (-np W, the world size of the checkpoint) or fewer:\n"
             "process p then reads ranks p, p+P, ...\n\noptions:\n",
             FM_VERSION);
@@ -204,6 +211,18 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_SHOWHINTS: o->show_hints = true; return 0;
     case OPT_OPTIMIZER: o->optimizer = true; return 0;
     case OPT_NODIO: o->no_direct_io = true; return 0;
+    case OPT_PLACEMENT: {
+        static const char *const rules[] = {"dim0", "verl"};
+        FM_TRY(pick(arg, rules, 2, "--placement rule", &v, e));
+        o->placement = v + 1;
+        return 0;
+    }
+    case OPT_MESH: {
+        char tail;
+        if (sscanf(arg, "%d,%d%c", &o->mesh_r, &o->mesh_s, &tail) != 2 || o->mesh_r < 1 || o->mesh_s < 1)
+            return fm_fail(e, FM_EUSAGE, "--mesh takes R,S (two positive integers), got '%s'", arg);
+        return 0;
+    }
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     default: return fm_fail(e, FM_EINTERNAL, "unhandled option %d", id);
@@ -229,8 +248,11 @@ static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)
         o->inspect_file = argv[i++];
     } else if (i < argc && strcmp(argv[i], "merge") == 0) {
         i++;
+    } else if (i < argc && strcmp(argv[i], "reshard") == 0 && o->command == CLI_MERGE) {
+        o->command = CLI_RESHARD;
+        i++;
     }
-    if (o->command == CLI_MERGE && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
+    if ((o->command == CLI_MERGE || o->command == CLI_RESHARD) && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
     if (i < argc) return fm_fail(e, FM_EUSAGE, "unexpected argument '%s'", argv[i]);
     return 0;
 }
@@ -268,8 +290,10 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
         FM_TRY(apply(o, id, optarg, e));
     }
     FM_TRY(positionals(argc, argv, o, e));
-    if (o->command != CLI_MERGE) return 0;
+    if (o->command != CLI_MERGE && o->command != CLI_RESHARD) return 0;
     if (o->checkpoint == NULL) return fm_fail(e, FM_EUSAGE, "no checkpoint given (see --help)");
+    if (o->command == CLI_RESHARD && (o->world_size == 0 || o->output_arg == NULL))
+        return fm_fail(e, FM_EUSAGE, "reshard needs --world-size N and --output_path OUT");
     size_t n = strlen(o->checkpoint);
     while (n > 1 && o->checkpoint[n - 1] == '/') o->checkpoint[--n] = '\0';
     o->output = o->output_arg ? fm_strdup(o->output_arg) : fm_asprintf("%s_merged", o->checkpoint);

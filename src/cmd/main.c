@@ -6,6 +6,7 @@
 #include "base/err.h"
 #include "cmd/inspect.h"
 #include "cmd/merge.h"
+#include "cmd/reshard.h"
 
 int main(int argc, char **argv)
 {
@@ -29,6 +30,9 @@ int main(int argc, char **argv)
             break;
         case CLI_MERGE:
             rc = mg_run_all(&o, MPI_COMM_WORLD, stdout, &e);
+            break;
+        case CLI_RESHARD:
+            rc = rs_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         }
     }
