@@ -144,11 +144,14 @@ static int write_mine(rrun *r, fm_err *e)
 {
     int N = r->o->world_size;
     size_t buf = (size_t)FM_MAX(64u << 10, r->o->buffer_size / 4);
+    /* FSDP2 saves parameters as views of padded chunk-0 buffers; FSDP1's
+     * chunks and the optimizer's zeros_like moments are exact (rs_padded
+     * follows the input where a short block shows which) */
     for (int n = r->me; n < N; n += r->nprocs)
         for (int k = 0; k < 3; k++) {
             if (!r->k[k].present) continue;
             rs_source s = {.kind = (rs_kind)k, .world = r->W, .zips = r->k[k].zips, .ix = r->k[k].ix,
-                           .padded_default = k == RS_MODEL};
+                           .padded_default = k == RS_MODEL && r->layout.fsdp_version != 1};
             char *prefix = fm_asprintf("%s_world_size_%d_rank_%d", KIND_NAME[k], N, n);
             char *name = prefix ? fm_asprintf("%s.pt", prefix) : NULL;
             char *path = name ? fm_path_join(r->tmp, name) : NULL;

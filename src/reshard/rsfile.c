@@ -194,6 +194,11 @@ static int collect_copies(job *j, const pkl_value *v, int depth, fm_err *e)
     }
 }
 
+static int cmp_rec_lex(const void *a, const void *b)
+{
+    return strcmp(((const st_rec *)a)->key, ((const st_rec *)b)->key);
+}
+
 static int cmp_rec(const void *a, const void *b)
 {
     const char *x = ((const st_rec *)a)->key, *y = ((const st_rec *)b)->key;
@@ -352,7 +357,10 @@ static int write_block(job *j, ptzw *w, const st_rec *r, size_t buf_bytes, uint6
 
 static int write_storages(job *j, ptzw *w, size_t buf_bytes, uint64_t *bytes, fm_err *e)
 {
-    qsort(j->recs, j->nrecs, sizeof *j->recs, cmp_rec);
+    /* torch <= 2.6 (no .format_version record) wrote storages in lexicographic key order */
+    ptz_record_info fv;
+    bool legacy = !ptz_find(j->tz, ".format_version", &fv);
+    qsort(j->recs, j->nrecs, sizeof *j->recs, legacy ? cmp_rec_lex : cmp_rec);
     for (size_t i = 0; i < j->nrecs; i++) {
         const st_rec *r = &j->recs[i];
         char name[64];
@@ -393,6 +401,16 @@ static int build_pickle(job *j, const uint8_t *pk, size_t len, fm_buf *out, fm_e
     return collect_copies(j, j->root, 0, e);
 }
 
+/* The records before the storages, as the release that wrote the template
+ * wrote them (2.7+ added .format_version and .storage_alignment). */
+static int preamble(job *j, ptzw *w, const fm_buf *pk, fm_err *e)
+{
+    ptz_record_info ri;
+    if (ptz_find(j->tz, ".format_version", &ri)) return ptzw_add_preamble(w, pk->data, pk->len, e);
+    FM_TRY(ptzw_add(w, "data.pkl", pk->data, pk->len, e));
+    return ptz_find(j->tz, "byteorder", &ri) ? ptzw_add(w, "byteorder", "little", 6, e) : 0;
+}
+
 int rs_write_rank(const rs_source *s, const rs_target *t, int64_t rank, const char *path, const char *prefix,
                   size_t buf_bytes, uint64_t *bytes, fm_err *e)
 {
@@ -408,7 +426,7 @@ int rs_write_rank(const rs_source *s, const rs_target *t, int64_t rank, const ch
     if (rc == 0) rc = build_pickle(&j, pk, pklen, &out, e);
     if (rc) fm_context(e, "%s (template for new rank %" PRId64 ")", ptz_path(j.tz), rank);
     if (rc == 0) rc = ptzw_create(path, prefix, &w, e);
-    if (rc == 0) rc = ptzw_add_preamble(w, out.data, out.len, e);
+    if (rc == 0) rc = preamble(&j, w, &out, e);
     if (rc == 0) rc = write_storages(&j, w, buf_bytes, &nb, e);
     if (rc == 0) {
         rc = ptzw_close(w, e);
