@@ -15,8 +15,11 @@ merged() {
     "$FM_BIN" "$2" --output "$3" --actor-dir "$4" --optimizer --progress none > "$OUT_LOG" 2>&1
 }
 
+fm1() { "$FM_BIN" "$@" > "$OUT_LOG" 2>&1; } # one process without mpirun (quicker)
+
 for spec in fsdp2_ws4_tied:4:actor fsdp2_ws4_shard1:4:actor fsdp2_ws8_uneven_bf16:8:actor fsdp2_ws2_cudarng:2:actor \
-            fsdp2_ws4_lora:4:actor local/fsdp2_hsdp_ws4:4:actor local/fsdp2_ws2_critic:2:critic; do
+            fsdp2_ws4_lora:4:actor local/fsdp2_hsdp_ws4:4:actor local/fsdp2_ws2_critic:2:critic \
+            local/torch26_fsdp2_shard1_ws4:4:actor local/torch26_hsdp_ws4:4:actor; do
     name=${spec%%:*}; rest=${spec#*:}; W=${rest%%:*}; actor=${rest#*:}
     case $name in local/*) name=${name#local/}; src=$FM_ROOT/mpi_tests/fixtures/$name ;; *) src=$FIX/$name ;; esac
     ref=$SCRATCH/ref-$name
@@ -25,8 +28,9 @@ for spec in fsdp2_ws4_tied:4:actor fsdp2_ws4_shard1:4:actor fsdp2_ws8_uneven_bf1
         out=$SCRATCH/rs-$name-$N/global_step_1
         np=$(( N < 3 ? N : 3 )); [ "$np" -gt "$W" ] && [ "$np" -gt "$N" ] && np=$W
         mesh=""
-        [ "$name" = fsdp2_hsdp_ws4 ] && [ $((N % 2)) -ne 0 ] && mesh="--mesh 1,$N"
-        if ! mpimerge "$np" reshard "$src/global_step_1" --world-size "$N" --output_path "$out" --actor-dir "$actor" \
+        case $name in *hsdp*) ;; *) false ;; esac && [ $((N % 2)) -ne 0 ] && mesh="--mesh 1,$N"
+        run=(mpimerge "$np"); [ "$np" -eq 1 ] && run=(fm1)
+        if ! "${run[@]}" reshard "$src/global_step_1" --world-size "$N" --output_path "$out" --actor-dir "$actor" \
                 $mesh --progress none; then
             fail "$name -> $N ranks (-np $np): exit $?: $(tail -1 "$OUT_LOG")"; continue
         fi
@@ -90,6 +94,10 @@ mpimerge 2 reshard "$FM_ROOT/mpi_tests/fixtures/fsdp2_hsdp_ws4/global_step_1" --
 expect "$o/h42/actor/model_world_size_8_rank_5.pt" model.embed_tokens.weight \
     "placements=(Replicate(),Shard(dim=0),), mesh=[4, 2], coordinate=[2, 1], local=Tensor(dtype=float32, shape=[256, 64]" \
     "--mesh 4,2: rank 5 at (2, 1)"
+mpimerge 2 reshard "$FM_ROOT/mpi_tests/fixtures/torch26_fsdp2_shard1_ws4/global_step_1" --world-size 3 --output_path "$o/v3" --progress none
+expect "$o/v3/actor/model_world_size_3_rank_2.pt" model.embed_tokens.weight \
+    "placements=(Shard(dim=1),), mesh=[3], coordinate=[2], local=Tensor(dtype=float32, shape=[1003, 12], stride=[12, 1], storage=data/0 (48144 bytes)" \
+    "torch 2.6 pickles, verl rule, 3 ranks: [1003, 36] is Shard(1), 12 columns"
 mpimerge 2 reshard "$FIX/fsdp2_ws4_tied/global_step_1" --world-size 3 --output_path "$o/t3" --progress none
 "$FM_BIN" inspect "$o/t3/actor/model_world_size_3_rank_0.pt" > "$SCRATCH/t3.txt" 2>&1
 [ "$(grep -E '^(model.embed_tokens|lm_head).weight:' "$SCRATCH/t3.txt" | grep -c 'storage=data/0 ')" -eq 2 ] \
