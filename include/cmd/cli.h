@@ -19,7 +19,9 @@
 #include "plan/lora.h"
 #include "base/progress.h"
 
-typedef enum cli_command { CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION, CLI_MAN, CLI_CHECK, CLI_VERIFY } cli_command;
+typedef enum cli_command {
+    CLI_MERGE = 0, CLI_INSPECT, CLI_HELP, CLI_VERSION, CLI_MAN, CLI_CHECK, CLI_VERIFY, CLI_RESHARD
+} cli_command;
 typedef enum cli_mode { CLI_MODE_AUTO = 0, CLI_MODE_GATHER, CLI_MODE_DIRECT } cli_mode;
 /* which weight files: model*.safetensors, model.h5 (parallel HDF5), or both */
 typedef enum cli_format { CLI_FORMAT_SAFETENSORS = 0, CLI_FORMAT_HDF5, CLI_FORMAT_BOTH } cli_format;
@@ -74,6 +76,9 @@ typedef struct cli_opts {
     bool dtype_given, shard_size_given; /* --dtype, --max-shard-size on the command line */
     int timeout;              /* watchdog: seconds without progress in a phase, 0 = off */
     bool no_space_check;      /* skip the pre-flight statvfs of the output */
+    /* reshard (the new world size is world_size) */
+    int placement;            /* 0 = as the input shows, 1 = dim0, 2 = verl */
+    int mesh_r, mesh_s;       /* --mesh R,S (0 = from the input) */
 } cli_opts;
 
 /*! cli_parse() : fills o from argv. FM_EUSAGE with a one-line message for

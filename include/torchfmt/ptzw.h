@@ -40,6 +40,10 @@ int ptzw_add(ptzw *w, const char *name, const void *data, size_t len, fm_err *e)
 int ptzw_begin(ptzw *w, const char *name, fm_err *e);
 int ptzw_write(ptzw *w, const void *data, size_t len, fm_err *e);
 int ptzw_end(ptzw *w, fm_err *e);
+/*! ptzw_begin_sized() : ptzw_begin() for a record whose size is known:
+ *  the local header is then the one torch writes (no room reserved for a
+ *  late ZIP64 extra); ptzw_end() checks that exactly size bytes came. */
+int ptzw_begin_sized(ptzw *w, const char *name, uint64_t size, fm_err *e);
 
 /*! ptzw_add_preamble() : the records torch.save writes before the storages:
  *  data.pkl (the given pickle), .format_version "1", .storage_alignment "64",

@@ -14,7 +14,8 @@ enum {
     OPT_PLAIN, OPT_ARCH, OPT_REPORT, OPT_FORCE, OPT_NOCRC, OPT_NOFSYNC, OPT_PROGRESS, OPT_QUIET, OPT_JSON,
     OPT_VALUES, OPT_HELP, OPT_VERSION, OPT_MODE, OPT_TEMPLATE, OPT_HINT, OPT_SHOWHINTS, OPT_OPTIMIZER, OPT_NODIO,
     OPT_FORMAT, OPT_MAN, OPT_LORA, OPT_LORA_NAME, OPT_LORA_ALPHA, OPT_LORA_RANK,
-    OPT_DCPKEY, OPT_HFCONFIG, OPT_NOMANIFEST, OPT_VERIFY, OPT_REFERENCE, OPT_ATOL, OPT_RTOL, OPT_TIMEOUT, OPT_NOSPACE
+    OPT_DCPKEY, OPT_HFCONFIG, OPT_NOMANIFEST, OPT_VERIFY, OPT_REFERENCE, OPT_ATOL, OPT_RTOL, OPT_TIMEOUT, OPT_NOSPACE,
+    OPT_PLACEMENT, OPT_MESH
 };
 
 typedef struct opt_spec {
@@ -44,7 +45,8 @@ static const opt_spec SPECS[] = {
     {"writer-rank", 0, required_argument, OPT_WRITER, "N", "process that writes the output files (default 0)"},
     {"buffer-size", 0, required_argument, OPT_BUFFER, "SIZE",
      "I/O buffer budget per process (default 64MiB); bounds the memory of every process"},
-    {"world-size", 0, required_argument, OPT_WORLD, "N", "expected world size (checked against the files)"},
+    {"world-size", 0, required_argument, OPT_WORLD, "N",
+     "expected world size (checked against the files); reshard: the world size to write"},
     {"plain", 0, required_argument, OPT_PLAIN, "MODE",
      "plain (non-DTensor) tensors: auto (default: identical on all ranks = replicated, else dim-0 slices), "
      "replicated, or concat"},
@@ -98,6 +100,11 @@ static const opt_spec SPECS[] = {
      "verify: compare OUT with another HuggingFace folder, tensor by tensor"},
     {"atol", 0, required_argument, OPT_ATOL, "X", "verify --reference: absolute tolerance (default 0: bytes must be equal)"},
     {"rtol", 0, required_argument, OPT_RTOL, "X", "verify --reference: relative tolerance (default 0)"},
+    {"placement", 0, required_argument, OPT_PLACEMENT, "RULE",
+     "reshard: dim0 (Shard(0) everywhere) or verl (the first dim divisible by the shard count); default: the rule "
+     "the input follows"},
+    {"mesh", 0, required_argument, OPT_MESH, "R,S",
+     "reshard: an HSDP mesh of R replicas of S shards (default: the input's replicas, shards resized)"},
     {"help", 'h', no_argument, OPT_HELP, NULL, "show this help"},
     {"version", 'V', no_argument, OPT_VERSION, NULL, "show the version"},
     {"timeout", 0, required_argument, OPT_TIMEOUT, "SECONDS",
@@ -118,6 +125,7 @@ static const char *const USAGE[] = {
     "mpirun -np P fsdpmerge check CKPT [--optimizer] [--output_path OUT]   (reads all, writes nothing)",
     "mpirun -np P fsdpmerge verify OUT [--checkpoint_path CKPT]           (OUT against CKPT or its manifest)",
     "fsdpmerge verify OUT --reference DIR [--atol X --rtol Y]",
+    "mpirun -np P fsdpmerge reshard CKPT --world-size N --output_path OUT [--placement dim0|verl]",
 };
 static const char SUMMARY[] = "merge a sharded FSDP checkpoint into one HuggingFace model, with MPI";
 static const char DESCRIPTION[] =
@@ -332,6 +340,18 @@ static int apply(cli_opts *o, int id, const char *arg, fm_err *e)
     case OPT_RTOL: return parse_tol(arg, "--rtol", &o->rtol, e);
     case OPT_TIMEOUT: return parse_int(arg, 0, 1 << 30, "--timeout", &o->timeout, e);
     case OPT_NOSPACE: o->no_space_check = true; return 0;
+    case OPT_PLACEMENT: {
+        static const char *const rules[] = {"dim0", "verl"};
+        FM_TRY(pick(arg, rules, 2, "--placement rule", &v, e));
+        o->placement = v + 1;
+        return 0;
+    }
+    case OPT_MESH: {
+        char tail;
+        if (sscanf(arg, "%d,%d%c", &o->mesh_r, &o->mesh_s, &tail) != 2 || o->mesh_r < 1 || o->mesh_s < 1)
+            return fm_fail(e, FM_EUSAGE, "--mesh takes R,S (two positive integers), got '%s'", arg);
+        return 0;
+    }
     case OPT_HELP: o->command = CLI_HELP; return 0;
     case OPT_VERSION: o->command = CLI_VERSION; return 0;
     case OPT_MAN: o->command = CLI_MAN; return 0;
@@ -367,8 +387,13 @@ static int positionals(int argc, char **argv, cli_opts *o, fm_err *e)
         o->command = CLI_VERIFY;
         if (++i >= argc) return fm_fail(e, FM_EUSAGE, "verify needs the output folder to check");
         o->verify_dir = argv[i++];
+    } else if (i < argc && strcmp(argv[i], "reshard") == 0 && o->command == CLI_MERGE) {
+        o->command = CLI_RESHARD;
+        i++;
     }
-    if ((o->command == CLI_MERGE || o->command == CLI_CHECK) && i < argc && o->checkpoint == NULL) o->checkpoint = argv[i++];
+    if ((o->command == CLI_MERGE || o->command == CLI_CHECK || o->command == CLI_RESHARD) && i < argc &&
+        o->checkpoint == NULL)
+        o->checkpoint = argv[i++];
     if (i < argc) return fm_fail(e, FM_EUSAGE, "unexpected argument '%s'", argv[i]);
     return 0;
 }
@@ -422,8 +447,11 @@ int cli_parse(int argc, char **argv, cli_opts *o, fm_err *e)
     if (o->command == CLI_VERIFY && o->reference && o->checkpoint)
         return fm_fail(e, FM_EUSAGE, "verify: give --checkpoint_path or --reference, not both");
     if (o->command == CLI_VERIFY && o->checkpoint == NULL) return 0;
-    if (o->command != CLI_MERGE && o->command != CLI_CHECK && o->command != CLI_VERIFY) return 0;
+    if (o->command != CLI_MERGE && o->command != CLI_CHECK && o->command != CLI_VERIFY && o->command != CLI_RESHARD)
+        return 0;
     if (o->checkpoint == NULL) return fm_fail(e, FM_EUSAGE, "no checkpoint given (see --help)");
+    if (o->command == CLI_RESHARD && (o->world_size == 0 || o->output_arg == NULL))
+        return fm_fail(e, FM_EUSAGE, "reshard needs --world-size N and --output_path OUT");
     size_t n = strlen(o->checkpoint);
     while (n > 1 && o->checkpoint[n - 1] == '/') o->checkpoint[--n] = '\0';
     if (o->command == CLI_VERIFY) o->output_arg = NULL; /* the folder to verify is the output */

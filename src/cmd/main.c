@@ -7,6 +7,7 @@
 #include "cmd/inspect.h"
 #include "cmd/merge.h"
 #include "cmd/verify.h"
+#include "cmd/reshard.h"
 
 int main(int argc, char **argv)
 {
@@ -38,6 +39,9 @@ int main(int argc, char **argv)
         case CLI_MERGE:
         case CLI_CHECK:
             rc = mg_run_all(&o, MPI_COMM_WORLD, stdout, &e);
+            break;
+        case CLI_RESHARD:
+            rc = rs_run_all(&o, MPI_COMM_WORLD, stdout, &e);
             break;
         }
     }

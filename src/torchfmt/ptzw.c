@@ -373,6 +373,11 @@ static int ptzw_begin_entry(ptzw *w, const char *name, bool size_known, uint64_t
 
 int ptzw_begin(ptzw *w, const char *name, fm_err *e) { return ptzw_begin_entry(w, name, false, 0, e); }
 
+int ptzw_begin_sized(ptzw *w, const char *name, uint64_t size, fm_err *e)
+{
+    return ptzw_begin_entry(w, name, true, size, e);
+}
+
 int ptzw_write(ptzw *w, const void *data, size_t len, fm_err *e)
 {
     if (!w->in_entry) return fm_fail(e, FM_EINTERNAL, "%s: ptzw_write outside a record", w->path);
