@@ -45,10 +45,19 @@ static const ti_entry *find_entry(const ti_index *ix, const char *key, size_t hi
     return NULL;
 }
 
+/* Position of key in rank 0's index: the ranks list their keys in the same
+ * order, so it is where the other ranks have it too (checked, not assumed). */
+static size_t hint_of(const rs_source *s, const char *key)
+{
+    const ti_entry *en = find_entry(&s->ix[0], key, 0);
+    return en ? (size_t)(en - s->ix[0].entries) : 0;
+}
+
 bool rs_padded(const rs_source *s, const char *key)
 {
+    size_t hint = hint_of(s, key);
     for (int r = 0; r < s->world; r++) {
-        const ti_entry *en = find_entry(&s->ix[r], key, 0);
+        const ti_entry *en = find_entry(&s->ix[r], key, hint);
         if (en == NULL || en->npieces != 1) continue;
         const ti_view *v = &en->pieces[0].view;
         uint64_t snumel = v->storage_nbytes / dt_size(v->dtype), vnumel = ti_view_numel(v);
@@ -251,8 +260,9 @@ static int gather_pieces(const rs_source *s, const char *key, src_piece **out, s
 {
     *out = NULL;
     *n = 0;
+    size_t hint = hint_of(s, key);
     for (int r = 0; r < s->world; r++) {
-        const ti_entry *en = find_entry(&s->ix[r], key, 0);
+        const ti_entry *en = find_entry(&s->ix[r], key, hint);
         if (en == NULL) return fm_fail(e, FM_EMISMATCH, "key '%s' is missing from rank %d", key, r);
         for (size_t i = 0; i < en->npieces; i++) {
             if (en->pieces[i].replica || ti_view_numel(&en->pieces[i].view) == 0) continue;
