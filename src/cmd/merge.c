@@ -447,7 +447,8 @@ static int make_plan(run *r, fm_err *e)
  * and not counted; each weight file also reserves its blocks on creation. */
 static int check_space(run *r, fm_err *e)
 {
-    if (r->o->no_space_check) return 0;
+    /* check and verify write nothing (check prints the free space itself) */
+    if (r->o->no_space_check || r->dry) return 0;
     uint64_t need = 0;
     for (size_t f = 0; f < r->pl.nfiles && wants_safetensors(r); f++) need += r->pl.files[f].size;
     if (wants_hdf5(r)) {
