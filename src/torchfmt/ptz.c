@@ -543,19 +543,15 @@ static int ptz_read_directory(ptz_file *f, fm_err *e)
     return rc;
 }
 
+static int ptz_parse_archive(ptz_file *f, fm_err *e);
+
 static int ptz_open_steps(ptz_file *f, size_t read_buffer, fm_err *e)
 {
     FM_TRY(ptz_open_fd(f, e));
-    FM_TRY(ptz_check_magic(f, e));
-    FM_TRY(ptz_read_directory(f, e));
-    FM_TRY(ptz_locate_all_data(f, e));
-    FM_TRY(ptz_build_index(f, e));
-    const ptz_entry *pkl;
-    FM_TRY(ptz_find_readable(f, "data.pkl", &pkl, e));
     f->buf_cap = read_buffer ? read_buffer : PTZ_DEFAULT_BUFFER;
     f->buf = malloc(f->buf_cap);
     if (f->buf == NULL) return fm_fail(e, FM_ENOMEM, "cannot allocate a %zu-byte read buffer for %s", f->buf_cap, f->path);
-    return ptz_read_byteorder(f, e);
+    return ptz_parse_archive(f, e);
 }
 
 int ptz_open(const char *path, unsigned flags, size_t read_buffer, ptz_file **out, fm_err *e)
