@@ -5,7 +5,8 @@
 #  - verify passes on every fixture's merge (against the checkpoint, the
 #    manifest and the reference folder), and fails with exit 11 naming the
 #    tensor and element after a flipped byte, a swapped pair of tensors, a
-#    truncated shard of a sharded output, an edited config.json dtype, and
+#    truncated shard of a sharded output, an edited config.json dtype, a changed
+#    extra_state_merged.pt or lr_scheduler_state.json, and
 #    against another model's reference;
 #  - merge --verify catches a byte flipped between the write and the rename
 #    (a test-only hook of the sanitizer build) and leaves no output.
@@ -93,6 +94,15 @@ expect_diff "edited config.json dtype" "MISMATCH config.json: line [0-9]+ is '  
     2 "$SCRATCH/bad" --checkpoint_path "$ck"
 grep -q "MISMATCH.*merge puts it in" "$OUT_LOG" && fail "verify: --max-shard-size not taken from the manifest" \
     || pass "verify: --dtype and --max-shard-size default to the manifest's"
+
+# the training state: extra_state_merged.pt (bytes) and lr_scheduler_state.json (lines), merged again and compared
+fresh; python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[-300]^=1; open(p,'wb').write(b)" \
+    "$SCRATCH/bad/extra_state_merged.pt"
+expect_diff "flipped byte in extra_state_merged.pt" "MISMATCH extra_state_merged.pt: [0-9]+ bytes in the output, a merge writes [0-9]+; first difference at byte [0-9]+" \
+    2 "$SCRATCH/bad" --checkpoint_path "$ck"
+fresh; sed -i 's/"last_epoch": \([0-9]*\)/"last_epoch": 99\1/' "$SCRATCH/bad/lr_scheduler_state.json"
+expect_diff "edited lr_scheduler_state.json" "MISMATCH lr_scheduler_state.json: line [0-9]+ is '  \"last_epoch\": 99" 2 "$SCRATCH/bad" --checkpoint_path "$ck"
+ls /tmp | grep -q fsdpmerge-verify- && fail "verify left a scratch folder in /tmp" || pass "verify leaves no scratch folder"
 
 # the optimizer state (verify --optimizer), on the tied fixture's sharded merge
 tied=$SCRATCH/fsdp2_ws4_tied

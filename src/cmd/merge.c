@@ -1,6 +1,7 @@
 /* merge.c - the merge command (see merge.h). */
 #include "cmd/merge.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -802,6 +803,59 @@ static void verify_config(run *r, vf_report *rep)
     free(want);
 }
 
+/* The output's file NAME against the same file written into scratch by a
+ * merge: bytes, the first differing offset when they differ. */
+static void verify_side_file(const run *r, const char *scratch, const char *name, vf_report *v)
+{
+    char *want_path = fm_path_join(scratch, name), *have_path = fm_path_join(r->o->output, name);
+    char *want = NULL, *have = NULL;
+    size_t wlen = 0, hlen = 0;
+    fm_err ignore = {0};
+    if (want_path && have_path && fm_read_file(want_path, 1u << 30, &want, &wlen, &ignore) == 0) {
+        if (fm_read_file(have_path, 1u << 30, &have, &hlen, &ignore)) have = NULL;
+        if (fm_ends_with(name, ".json")) {
+            vf_check_text(v, name, want, wlen, have, hlen);
+        } else if (have == NULL) {
+            vf_bad(v, "%s: a merge writes it, the output lacks it", name);
+        } else if (hlen != wlen || memcmp(have, want, wlen) != 0) {
+            size_t i = 0;
+            while (i < hlen && i < wlen && have[i] == want[i]) i++;
+            vf_bad(v, "%s: %zu bytes in the output, a merge writes %zu; first difference at byte %zu", name, hlen, wlen, i);
+        }
+    }
+    free(want);
+    free(have);
+    free(want_path);
+    free(have_path);
+}
+
+/* extra_state_merged.pt and lr_scheduler_state.json: merged again into a
+ * scratch folder (the writer's) and compared byte for byte. */
+static int verify_training_state(run *r, vf_report *v, fm_err *e)
+{
+    if (r->dcp.on) return 0; /* a DCP folder has no verl extra_state */
+    char *scratch = NULL;
+    if (r->me == 0) { /* rank 0 reports (verify_phase) */
+        char tmpl[] = "/tmp/fsdpmerge-verify-XXXXXX";
+        if (mkdtemp(tmpl) == NULL) fm_fail(e, FM_EIO, "cannot create a scratch folder in /tmp: %s", strerror(errno));
+        else if ((scratch = fm_strdup(tmpl)) == NULL) fm_fail(e, FM_ENOMEM, "out of memory");
+    }
+    int rc = comm_agree_all(e, r->comm);
+    es_result res;
+    memset(&res, 0, sizeof res);
+    if (rc == 0) rc = es_merge_all(&r->layout, scratch, 0, r->o->no_crc, r->comm, &res, e);
+    if (rc == 0 && r->me == 0 && res.present) {
+        verify_side_file(r, scratch, "extra_state_merged.pt", v);
+        verify_side_file(r, scratch, "lr_scheduler_state.json", v);
+    }
+    if (scratch) {
+        fm_err ignore = {0};
+        fm_rmtree(scratch, &ignore);
+        free(scratch);
+    }
+    return rc;
+}
+
 static int verify_phase(run *r, fm_err *e)
 {
     vf_report v;
@@ -821,6 +875,7 @@ static int verify_phase(run *r, fm_err *e)
         ntensors += op.pl.ntensors;
     }
     free_optim(r, &op);
+    if (rc == 0) rc = verify_training_state(r, &v, e);
     MPI_Reduce(&bytes, &all, 1, MPI_UINT64_T, MPI_SUM, 0, r->comm);
     if (rc == 0 && r->me == 0) {
         verify_config(r, &v);
@@ -830,7 +885,7 @@ static int verify_phase(run *r, fm_err *e)
             v.bad ? "\xe2\x9c\x97" : "\xe2\x9c\x85", ntensors, fm_format_bytes(all, sz, sizeof sz), MPI_Wtime() - t, v.bad,
             v.bad == 1 ? "" : "es");
         if (r->o->format != CLI_FORMAT_SAFETENSORS) say(r, "  note: model.h5 is not compared\n");
-        say(r, "  note: extra_state_merged.pt and optimizer_state.json are not compared\n");
+        say(r, "  note: optimizer_state.json is not compared\n");
         if (v.bad) fm_fail(e, FM_EDIFFER, "%s differs from what a merge of %s writes: %" PRIu64 " mismatch%s (listed above)",
                            r->o->output, r->o->checkpoint, v.bad, v.bad == 1 ? "" : "es");
     }
