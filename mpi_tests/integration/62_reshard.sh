@@ -7,6 +7,13 @@
 # refusals (FSDP1 --optimizer, ShardedTensor, unknown mesh layout, bad
 # --mesh) are clear and leave nothing behind.
 source "$(dirname "$0")/../lib.sh"
+# same_manifest A B : the two outputs' fsdpmerge_manifest.json list the same tensors (file, dtype, shape,
+# offsets, CRC-32C) and files; only the provenance (source, command line) may differ
+same_manifest() {
+    python3 -c 'import json, sys
+a, b = (json.load(open(d + "/fsdpmerge_manifest.json")) for d in sys.argv[1:3])
+sys.exit(0 if a["tensors"] == b["tensors"] and a["files"] == b["files"] and a["tensors"] else 1)' "$1" "$2"
+}
 PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
@@ -40,8 +47,10 @@ for spec in fsdp2_ws4_tied:4:actor fsdp2_ws4_shard1:4:actor fsdp2_ws8_uneven_bf1
             && pass "$name -> $N: $n_files rank files, huggingface/, fsdp_config.json world_size $N" \
             || fail "$name -> $N: files ($n_files rank files)"
         got=$SCRATCH/got-$name-$N
-        # extra_state_merged.pt lists every rank's device RNG state: N of them now (checked below)
-        if merged "$name" "$out" "$got" "$actor" && diff -r -x extra_state_merged.pt "$ref" "$got" > /dev/null; then
+        # extra_state_merged.pt lists every rank's device RNG state: N of them now (checked below);
+        # the manifests name different sources: their tensors (CRC-32C, offsets) and files must agree
+        if merged "$name" "$out" "$got" "$actor" && diff -r -x extra_state_merged.pt -x fsdpmerge_manifest.json "$ref" "$got" > /dev/null \
+            && same_manifest "$ref" "$got"; then
             pass "$name -> $N: merge(reshard) byte-identical to merge(original), optimizer and scheduler included"
         else
             fail "$name -> $N: merge(reshard) differs from merge(original) (rerun: $FM_BIN reshard $src/global_step_1 --world-size $N --output_path /tmp/x $mesh)"
@@ -149,5 +158,5 @@ mpimerge 1 reshard "$FIX/fsdp2_ws4_tied/global_step_1" --output_path "$SCRATCH/x
 mpimerge 2 reshard "$FIX/fsdp1_ws4_mesh/global_step_1" --world-size 3 --output_path "$o/f1" --progress none \
     && [ ! -e "$o/f1/actor/optim_world_size_3_rank_0.pt" ] && grep -q "FSDP1 optimizer files" "$OUT_LOG" \
     && mpimerge 2 "$o/f1" --output "$SCRATCH/f1m" --progress none && mpimerge 2 "$FIX/fsdp1_ws4_mesh/global_step_1" --output "$SCRATCH/f1r" --progress none \
-    && diff -r "$SCRATCH/f1m" "$SCRATCH/f1r" > /dev/null \
+    && diff -r -x fsdpmerge_manifest.json "$SCRATCH/f1m" "$SCRATCH/f1r" > /dev/null && same_manifest "$SCRATCH/f1m" "$SCRATCH/f1r" \
     && pass "FSDP1 (mesh) -> 3: model resharded, optimizer left out with a note, merges byte-identical" || fail "FSDP1 -> 3"
