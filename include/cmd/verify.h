@@ -72,6 +72,11 @@ void vf_check_text(vf_report *v, const char *what, const char *want, size_t wlen
  *  first differing element, and the index file. *bytes: compared here. */
 int vf_plan_all(const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, MPI_Comm comm, vf_report *v,
                 uint64_t *bytes, fm_err *e);
+/*! vf_plan_h5() : COLLECTIVE. As vf_plan_all(), against the datasets of the
+ *  model.h5 at path (engine/h5out's layout: contiguous data, compared byte
+ *  for byte); names, dtypes and shapes too, no file placement or index. */
+int vf_plan_h5(const plan *pl, ptz_file *const *zips, const char *path, MPI_Comm comm, vf_report *v, uint64_t *bytes,
+               fm_err *e);
 
 /*! vf_describe_elem() : "element 1234 [3, 42]: VALUE" of a tensor in a file,
  *  appended to b (the value printed as a float when the dtype is one). */

@@ -47,6 +47,7 @@
 #include <stdio.h>
 
 #include "base/err.h"
+#include "hf/stread.h"
 #include "plan/plan.h"
 #include "torchfmt/ptz.h"
 #include "engine/xfer.h"
@@ -97,6 +98,14 @@ uint64_t h5_size_estimate(const plan *pl, const h5_opts *o);
  *  @return : 0 or an fm_code, the same on every process. */
 int h5_write_all(const plan *pl, ptz_file *const *zips, const char *path, const h5_opts *o, xf_progress_fn progress,
                  void *pctx, MPI_Comm comm, xf_stats *stats, fm_err *e);
+
+/*! h5_read_layout() : the datasets of a model.h5 written by h5_write_all()
+ *  as a one-file sr_model (hf/stread.h): name, dtype (its "dtype"
+ *  attribute), shape, and the byte range of its contiguous data in the
+ *  file, so that the bytes can be compared like a safetensors file's
+ *  (verify). Serial, read-only. FM_EFORMAT when a dataset is not one
+ *  h5_write_all() writes. */
+int h5_read_layout(const char *path, sr_model *m, fm_err *e);
 
 #ifdef FM_HAVE_HDF5
 #include <hdf5.h>

@@ -51,6 +51,11 @@ typedef struct sr_model {
 int sr_open(const char *dir, const char *stem, sr_model *m, fm_err *e);
 void sr_free(sr_model *m);
 
+/*! sr_sort() : sorts m's tensors by name (what sr_find needs), for a model
+ *  filled by another reader (engine/h5out's model.h5); FM_EFORMAT naming
+ *  where on a name that appears twice. */
+int sr_sort(sr_model *m, const char *where, fm_err *e);
+
 /*! sr_find() : the tensor called name, or NULL. */
 const sr_tensor *sr_find(const sr_model *m, const char *name);
 

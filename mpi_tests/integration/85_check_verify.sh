@@ -6,7 +6,7 @@
 #    manifest and the reference folder), and fails with exit 11 naming the
 #    tensor and element after a flipped byte, a swapped pair of tensors, a
 #    truncated shard of a sharded output, an edited config.json dtype, a changed
-#    extra_state_merged.pt or lr_scheduler_state.json, and
+#    extra_state_merged.pt, lr_scheduler_state.json or model.h5, and
 #    against another model's reference;
 #  - merge --verify catches a byte flipped between the write and the rename
 #    (a test-only hook of the sanitizer build) and leaves no output.
@@ -103,6 +103,20 @@ expect_diff "flipped byte in extra_state_merged.pt" "MISMATCH extra_state_merged
 fresh; sed -i 's/"last_epoch": \([0-9]*\)/"last_epoch": 99\1/' "$SCRATCH/bad/lr_scheduler_state.json"
 expect_diff "edited lr_scheduler_state.json" "MISMATCH lr_scheduler_state.json: line [0-9]+ is '  \"last_epoch\": 99" 2 "$SCRATCH/bad" --checkpoint_path "$ck"
 ls /tmp | grep -q fsdpmerge-verify- && fail "verify left a scratch folder in /tmp" || pass "verify leaves no scratch folder"
+
+# model.h5 (--format both and hdf5): every dataset's bytes against the re-derived tensors
+h5o=$SCRATCH/h5both
+mpirun -np 2 "$FM_BIN" "$ck" --output "$h5o" --format both -q > "$OUT_LOG" 2>&1
+timeout 120 mpirun -np 3 "$FM_BIN" verify "$h5o" --checkpoint_path "$ck" > "$OUT_LOG" 2>&1 && grep -q "model.h5 compared too" "$OUT_LOG" \
+    && pass "verify: --format both output: model.safetensors and model.h5 both compared, no mismatch" \
+    || { fail "verify of a --format both output"; tail -3 "$OUT_LOG"; }
+h5o=$SCRATCH/h5only
+mpirun -np 2 "$FM_BIN" "$ck" --output "$h5o" --format hdf5 -q > "$OUT_LOG" 2>&1
+/usr/bin/python3 -c "import h5py, sys
+f = h5py.File(sys.argv[1] + '/model.h5', 'r'); off = f['model.layers.0.mlp.up_proj.weight'].id.get_offset(); f.close()
+b = bytearray(open(sys.argv[1] + '/model.h5', 'rb').read()); b[off + 2 * 1000 + 1] ^= 0x40; open(sys.argv[1] + '/model.h5', 'wb').write(b)" "$h5o"
+expect_diff "flipped byte in model.h5 (--format hdf5)" "MISMATCH model.layers.0.mlp.up_proj.weight: first difference at element 1000 \[15, 40\]" \
+    3 "$h5o" --checkpoint_path "$ck"
 
 # the optimizer state (verify --optimizer), on the tied fixture's sharded merge
 tied=$SCRATCH/fsdp2_ws4_tied

@@ -60,3 +60,5 @@ run "verify against the manifest" 0 2 verify "$SCRATCH/v"
 run "verify --reference across dtypes" 0 2 verify "$SCRATCH/v" --reference "$FIX/fsdp2_ws4_shard1/reference/fp32" --rtol 0.008
 python3 "$FM_ROOT/mpi_tests/tools/stedit.py" flip "$SCRATCH/v/model-00004-of-00004.safetensors" model.norm.weight 3
 run "verify finds a difference (error path)" 11 2 verify "$SCRATCH/v" --checkpoint_path "$S1" --optimizer
+mpirun -np 2 "$FM_BIN" "$S1" --output "$SCRATCH/vh" --format both -q
+run "verify of --format both (model.h5 read back, training state merged again)" 0 2 verify "$SCRATCH/vh" --checkpoint_path "$S1"

@@ -1,6 +1,8 @@
 /* verify.c - see verify.h. */
 #include "cmd/verify.h"
 
+#include "engine/h5out.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -187,7 +189,7 @@ void vf_bad(vf_report *v, const char *fmt, ...)
 }
 
 /* Names, dtypes, shapes and files (identical on every process). */
-static void check_layout(const plan *pl, const sr_model *outm, const sr_tensor **where, vf_report *v)
+static void check_layout(const plan *pl, const sr_model *outm, bool files, const sr_tensor **where, vf_report *v)
 {
     for (size_t i = 0; i < pl->ntensors; i++) {
         const plan_tensor *t = &pl->tensors[i];
@@ -201,7 +203,7 @@ static void check_layout(const plan *pl, const sr_model *outm, const sr_tensor *
                    t->name, dt_st_name(o->dtype), o->ndim, dt_st_name(t->out_dtype), t->ndim);
         else
             where[i] = o;
-        if (strcmp(outm->files[o->file].name, pl->files[t->file].name) != 0)
+        if (files && strcmp(outm->files[o->file].name, pl->files[t->file].name) != 0)
             vf_bad(v, "%s: in %s, a merge puts it in %s (--max-shard-size?)", t->name, outm->files[o->file].name,
                    pl->files[t->file].name);
     }
@@ -238,19 +240,20 @@ static void check_index(const plan *pl, const sr_model *outm, const char *stem, 
         vf_bad(v, "%s: in the output, a merge writes one %s.safetensors", name, stem);
 }
 
-int vf_plan_all(const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, MPI_Comm comm, vf_report *v,
-                uint64_t *bytes, fm_err *e)
+/* pl against outm, opened (or failed, in e) on every process; stem NULL for
+ * model.h5: one file, no placement in files, no index. */
+static int plan_against(const plan *pl, ptz_file *const *zips, sr_model outm, const char *stem, MPI_Comm comm,
+                        vf_report *v, uint64_t *bytes, fm_err *e)
 {
     int me;
     MPI_Comm_rank(comm, &me);
-    sr_model outm;
-    if (sr_open(dir, stem, &outm, e) == FM_EFORMAT) e->code = FM_EDIFFER;
+    if (e->code == FM_EFORMAT) e->code = FM_EDIFFER;
     const sr_tensor **where = calloc(pl->ntensors + 1, sizeof *where);
     uint64_t *first = malloc((pl->ntensors + 1) * sizeof *first);
     if (e->code == 0 && (where == NULL || first == NULL)) fm_fail(e, FM_ENOMEM, "out of memory");
     int rc = comm_agree_all(e, comm);
     if (rc == 0) {
-        check_layout(pl, &outm, where, v);
+        check_layout(pl, &outm, stem != NULL, where, v);
         for (size_t i = 0; i < pl->ntensors; i++) first[i] = UINT64_MAX;
         vf_compare_segments(pl, zips, &outm, where, me, first, bytes, e);
         rc = comm_agree_all(e, comm);
@@ -265,11 +268,27 @@ int vf_plan_all(const plan *pl, ptz_file *const *zips, const char *dir, const ch
         vf_bad(v, "%s: first difference at %s in the output", pl->tensors[i].name, d.data ? (char *)d.data : "?");
         fm_buf_free(&d);
     }
-    if (rc == 0) check_index(pl, &outm, stem, v);
+    if (rc == 0 && stem) check_index(pl, &outm, stem, v);
     sr_free(&outm);
     free(where);
     free(first);
     return rc;
+}
+
+int vf_plan_all(const plan *pl, ptz_file *const *zips, const char *dir, const char *stem, MPI_Comm comm, vf_report *v,
+                uint64_t *bytes, fm_err *e)
+{
+    sr_model outm;
+    sr_open(dir, stem, &outm, e);
+    return plan_against(pl, zips, outm, stem, comm, v, bytes, e);
+}
+
+int vf_plan_h5(const plan *pl, ptz_file *const *zips, const char *path, MPI_Comm comm, vf_report *v, uint64_t *bytes,
+               fm_err *e)
+{
+    sr_model outm;
+    h5_read_layout(path, &outm, e);
+    return plan_against(pl, zips, outm, NULL, comm, v, bytes, e);
 }
 
 /* ---- describing a difference ---- */

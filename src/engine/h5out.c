@@ -22,6 +22,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/comm.h"
@@ -76,6 +78,12 @@ uint64_t h5_size_estimate(const plan *pl, const h5_opts *o)
 #ifndef FM_HAVE_HDF5
 
 bool h5_available(void) { return false; }
+
+int h5_read_layout(const char *path, sr_model *m, fm_err *e)
+{
+    memset(m, 0, sizeof *m);
+    return fm_fail(e, FM_EUNSUPPORTED, "%s: this fsdpmerge was built without HDF5", path);
+}
 
 int h5_write_all(const plan *pl, ptz_file *const *zips, const char *path, const h5_opts *o, xf_progress_fn progress,
                  void *pctx, MPI_Comm comm, xf_stats *stats, fm_err *e)
@@ -767,6 +775,89 @@ int h5_write_all(const plan *pl, ptz_file *const *zips, const char *path, const 
     teardown(&x);
     H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
     return rc;
+}
+
+/* ---- reading the layout back (verify) ---- */
+
+typedef struct h5_walk {
+    sr_model *m;
+    const char *path;
+    fm_err *e;
+} h5_walk;
+
+/* One dataset at the root: dtype from its attribute, shape, data range. */
+static int layout_of(hid_t ds, const char *name, const h5_walk *w, sr_tensor *t)
+{
+    char dt[32] = "";
+    hid_t a = H5Aopen(ds, "dtype", H5P_DEFAULT), at = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
+    char *val = NULL;
+    if (at >= 0 && H5Tis_variable_str(at) > 0 && H5Aread(a, at, &val) >= 0 && val) {
+        snprintf(dt, sizeof dt, "%s", val);
+        H5free_memory(val);
+    }
+    if (at >= 0) H5Tclose(at);
+    if (a >= 0) H5Aclose(a);
+    hid_t sp = H5Dget_space(ds);
+    int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    hsize_t dims[SR_MAX_DIMS];
+    if (nd >= 0 && nd <= SR_MAX_DIMS) H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (sp >= 0) H5Sclose(sp);
+    t->dtype = dt_from_torch_name(dt);
+    if (t->dtype == DT_INVALID || nd < 0 || nd > SR_MAX_DIMS)
+        return fm_fail(w->e, FM_EFORMAT, "%s: dataset '%s' has no dtype attribute fsdpmerge writes, or too many dims",
+                       w->path, name);
+    t->ndim = nd;
+    t->numel = 1;
+    for (int d = 0; d < nd; d++) t->numel *= (uint64_t)(t->shape[d] = (int64_t)dims[d]);
+    haddr_t off = H5Dget_offset(ds);
+    uint64_t bytes = t->numel * dt_size(t->dtype);
+    if (off == HADDR_UNDEF && bytes > 0)
+        return fm_fail(w->e, FM_EFORMAT, "%s: dataset '%s' is not stored contiguously", w->path, name);
+    t->begin = bytes ? (uint64_t)off : 0;
+    t->end = t->begin + bytes;
+    return (t->name = fm_strdup(name)) ? 0 : fm_fail(w->e, FM_ENOMEM, "out of memory");
+}
+
+static herr_t layout_link(hid_t group, const char *name, const H5L_info_t *info, void *ctx)
+{
+    (void)info;
+    h5_walk *w = ctx;
+    sr_model *m = w->m;
+    hid_t ds = H5Dopen2(group, name, H5P_DEFAULT);
+    if (ds < 0) return 0; /* not a dataset: not a tensor */
+    sr_tensor *grown = realloc(m->tensors, (m->ntensors + 1) * sizeof *grown);
+    int rc = grown ? 0 : fm_fail(w->e, FM_ENOMEM, "out of memory");
+    if (rc == 0) {
+        m->tensors = grown;
+        memset(&m->tensors[m->ntensors], 0, sizeof *grown);
+        rc = layout_of(ds, name, w, &m->tensors[m->ntensors]);
+        if (rc == 0) m->ntensors++;
+    }
+    H5Dclose(ds);
+    return rc ? -1 : 0;
+}
+
+int h5_read_layout(const char *path, sr_model *m, fm_err *e)
+{
+    memset(m, 0, sizeof *m);
+    struct stat st;
+    if (stat(path, &st) != 0) return fm_fail(e, FM_EIO, "cannot read %s: %s", path, strerror(errno));
+    if ((m->files = calloc(1, sizeof *m->files)) == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
+    m->nfiles = 1; /* sr_free() frees what follows, also on failure */
+    if ((m->files[0].name = fm_strdup("model.h5")) == NULL || (m->files[0].path = fm_strdup(path)) == NULL)
+        return fm_fail(e, FM_ENOMEM, "out of memory");
+    m->files[0].size = (uint64_t)st.st_size;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return fm_fail(e, FM_EFORMAT, "%s: not an HDF5 file HDF5 can open", path);
+    h5_walk w = {m, path, e};
+    e->code = 0;
+    herr_t hr = H5Literate(f, H5_INDEX_NAME, H5_ITER_INC, NULL, layout_link, &w);
+    H5Fclose(f);
+    if (hr < 0 && e->code == 0) fm_fail(e, FM_EFORMAT, "%s: cannot list its datasets", path);
+    for (size_t i = 0; e->code == 0 && i < m->ntensors; i++)
+        if (m->tensors[i].end > m->files[0].size)
+            fm_fail(e, FM_EFORMAT, "%s: dataset '%s' ends past the end of the file (truncated?)", path, m->tensors[i].name);
+    return e->code ? e->code : sr_sort(m, path, e);
 }
 
 #endif /* FM_HAVE_HDF5 */

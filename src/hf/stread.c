@@ -125,14 +125,20 @@ int sr_open(const char *dir, const char *stem, sr_model *m, fm_err *e)
             rc = fm_fail(e, FM_EIO, "%s holds neither %s nor %s", dir, single, index);
     }
     for (size_t f = 0; rc == 0 && f < m->nfiles; f++) rc = read_header(m, &cap, (int)f, e);
-    if (rc == 0) qsort(m->tensors, m->ntensors, sizeof *m->tensors, by_name);
-    for (size_t i = 1; rc == 0 && i < m->ntensors; i++)
-        if (strcmp(m->tensors[i - 1].name, m->tensors[i].name) == 0)
-            rc = fm_fail(e, FM_EFORMAT, "%s: tensor '%s' appears twice", dir, m->tensors[i].name);
+    if (rc == 0) rc = sr_sort(m, dir, e);
     if (rc == 0 && map) rc = check_index(m, map, ipath, e);
     cJSON_Delete(j);
     free(ipath);
     return rc;
+}
+
+int sr_sort(sr_model *m, const char *where, fm_err *e)
+{
+    qsort(m->tensors, m->ntensors, sizeof *m->tensors, by_name);
+    for (size_t i = 1; i < m->ntensors; i++)
+        if (strcmp(m->tensors[i - 1].name, m->tensors[i].name) == 0)
+            return fm_fail(e, FM_EFORMAT, "%s: tensor '%s' appears twice", where, m->tensors[i].name);
+    return 0;
 }
 
 const sr_tensor *sr_find(const sr_model *m, const char *name)
