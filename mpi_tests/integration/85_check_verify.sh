@@ -120,6 +120,11 @@ expect_diff "flipped byte in model.h5 (--format hdf5)" "MISMATCH model.layers.0.
 
 # the optimizer state (verify --optimizer), on the tied fixture's sharded merge
 tied=$SCRATCH/fsdp2_ws4_tied
+# (earlier in this script verify --optimizer passed on this output: optimizer_state.json included)
+sed -i '0,/"step": 1/s//"step": 7/' "$tied/optimizer/optimizer_state.json"
+expect_diff "edited optimizer_state.json" "MISMATCH optimizer/optimizer_state.json: line [0-9]+ is .*\"step\": 7" 2 \
+    "$tied" --checkpoint_path "$FIX/fsdp2_ws4_tied/global_step_1" --optimizer --max-shard-size 100KB
+sed -i '0,/"step": 7/s//"step": 1/' "$tied/optimizer/optimizer_state.json"
 $SE flip "$tied/optimizer/optimizer.safetensors" model.norm.weight.exp_avg 5
 expect_diff "flipped byte in optimizer/" "MISMATCH model.norm.weight.exp_avg: first difference at element 5 \[5\]" 2 \
     "$tied" --checkpoint_path "$FIX/fsdp2_ws4_tied/global_step_1" --optimizer --max-shard-size 100KB

@@ -757,6 +757,13 @@ static void free_optim(run *r, optrun *op)
     plan_free(&op->pl);
 }
 
+/* optimizer_state.json's text (process 0: it reads rank 0's optimizer file). */
+static int optim_json(run *r, const optrun *op, fm_buf *json, fm_err *e)
+{
+    return r->dcp.on ? dm_optim_json(r->o, &r->layout, &r->dcp, json, e)
+                     : op_state_json(op->zips[0], op->names, op->nparams, json, e);
+}
+
 static int optimizer_phase(run *r, fm_err *e)
 {
     if (!r->o->optimizer) return 0;
@@ -771,8 +778,7 @@ static int optimizer_phase(run *r, fm_err *e)
     xf_stats xs;
     if (rc == 0) rc = run_engine(r, &op.pl, op.zips, op.dir, false, &xs, e);
     fm_buf json = {0};
-    if (rc == 0 && r->me == 0)
-        r->dcp.on ? dm_optim_json(r->o, &r->layout, &r->dcp, &json, e) : op_state_json(op.zips[0], op.names, op.nparams, &json, e);
+    if (rc == 0 && r->me == 0) optim_json(r, &op, &json, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
     if (rc == 0) rc = comm_write_at_writer_all(json.data, json.len, 0, r->writer, op.dir, "optimizer_state.json", r->comm, e);
     if (rc == 0) rc = comm_agree_all(e, r->comm);
@@ -856,6 +862,22 @@ static int verify_training_state(run *r, vf_report *v, fm_err *e)
     return rc;
 }
 
+/* optimizer/optimizer_state.json against the text a merge writes (process 0). */
+static void verify_optim_json(run *r, const optrun *op, vf_report *v)
+{
+    fm_buf want = {0};
+    fm_err ignore = {0};
+    char *path = fm_path_join(op->dir, "optimizer_state.json"), *have = NULL;
+    size_t hlen = 0;
+    if (path && optim_json(r, op, &want, &ignore) == 0 && !want.oom) {
+        if (fm_read_file(path, 256u << 20, &have, &hlen, &ignore)) have = NULL;
+        vf_check_text(v, "optimizer/optimizer_state.json", (const char *)want.data, want.len, have, hlen);
+    }
+    free(path);
+    free(have);
+    fm_buf_free(&want);
+}
+
 static int verify_phase(run *r, fm_err *e)
 {
     vf_report v;
@@ -879,6 +901,7 @@ static int verify_phase(run *r, fm_err *e)
         op.dir = fm_path_join(r->o->output, "optimizer");
         rc = prepare_optim(r, &op, warning, sizeof warning, e);
         if (rc == 0) rc = vf_plan_all(&op.pl, op.zips, op.dir, "optimizer", r->comm, &v, &bytes, e);
+        if (rc == 0 && r->me == 0) verify_optim_json(r, &op, &v);
         ntensors += op.pl.ntensors;
     }
     free_optim(r, &op);
@@ -894,7 +917,6 @@ static int verify_phase(run *r, fm_err *e)
             v.bad ? "\xe2\x9c\x97" : "\xe2\x9c\x85", ntensors, fm_format_bytes(all, sz, sizeof sz), MPI_Wtime() - t, v.bad,
             v.bad == 1 ? "" : "es");
         if (has_h5) say(r, "  model.h5 compared too (every dataset's bytes, dtype and shape)\n");
-        say(r, "  note: optimizer_state.json is not compared\n");
         if (v.bad) fm_fail(e, FM_EDIFFER, "%s differs from what a merge of %s writes: %" PRIu64 " mismatch%s (listed above)",
                            r->o->output, r->o->checkpoint, v.bad, v.bad == 1 ? "" : "es");
     }
