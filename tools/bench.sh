@@ -98,20 +98,24 @@ floor_of() { # case dir bytes: the median of BENCH_REPEAT floors (after a warm-u
     echo "$(printf '%s\n' "${reads[@]}" | median) $(printf '%s\n' "${writes[@]}" | median) $(printf '%s\n' "${directs[@]}" | median)"
 }
 
-merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_DIR/rss.*
-    local out=$BENCH_DIR/out-$1
+merge_once() { # model np mode -> wall seconds; peak RSS per process in $BENCH_DIR/rss.*; non-zero if fsdpmerge failed
+    local out=$BENCH_DIR/out-$1 ck
+    ck=$(ckpt_of "$1" "$BENCH_DIR/$1")
     rm -rf "$out" "$BENCH_DIR"/rss.*
     sync
-    local t0 t1
+    local t0 t1 rc=0
+    local how=(--mode "$3") cmd=("$ck" --output "$out")
+    [ "$3" = hdf5 ] && how=(--format hdf5)
+    [ "$3" = check ] && how=() && cmd=(check "$ck")
+    [ "$3" = verify ] && how=() && cmd=(verify "$BENCH_DIR/verify-$1" --checkpoint_path "$ck")
     t0=$(now)
     # shellcheck disable=SC2086
-    local how=(--mode "$3") ck=$BENCH_DIR/$1/global_step_1
-    [ "$3" = hdf5 ] && how=(--format hdf5)
-    mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "$(ckpt_of "$1" "$BENCH_DIR/$1")" --output "$out" \
-        "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA
+    mpirun -np "$2" tools/rss_wrap.sh "$BENCH_DIR/rss" bin/fsdpmerge "${cmd[@]}" "${how[@]}" --dtype bfloat16 -q $BENCH_EXTRA \
+        >&2 || rc=1
     t1=$(now)
     rm -rf "$out"
     secs "$t0" "$t1"
+    return $rc
 }
 
 for model in "${CASES[@]}"; do
@@ -133,13 +137,14 @@ for model in "${CASES[@]}"; do
         "$model" "$(calc "$in_bytes / 1e9")" "$floor" "$t_read" "$t_write" "$dfloor"
     if [[ " $BENCH_MODES " == *" verify "* ]]; then # the output verify compares with, made once
         rm -rf "$BENCH_DIR/verify-$model"
-        mpirun -np $W bin/fsdpmerge "$ck/global_step_1" --output "$BENCH_DIR/verify-$model" --dtype bfloat16 -q
+        mpirun -np $W bin/fsdpmerge "$(ckpt_of "$model" "$ck")" --output "$BENCH_DIR/verify-$model" --dtype bfloat16 -q
     fi
     for mode in $BENCH_MODES; do
         for np in $BENCH_NPS; do
             walls=() peaks=()
             for ((i = 0; i < BENCH_REPEAT; i++)); do
-                walls+=("$(merge_once "$model" "$np" "$mode")")
+                w=$(merge_once "$model" "$np" "$mode") || { echo "bench: fsdpmerge $mode failed on $model (np=$np)" >&2; exit 1; }
+                walls+=("$w")
                 peaks+=("$(cat "$BENCH_DIR"/rss.* | sort -n | tail -1)")
                 rss=$(cat "$BENCH_DIR"/rss.* | sort -n | tr '\n' ' ')
             done
