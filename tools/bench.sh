@@ -166,7 +166,7 @@ status=0
 for model in "${CASES[@]}"; do
     limit=1.5
     [ "${model%-dcp}" = qwen2.5-3b ] && limit=1.25
-    best=$(awk -F'\t' -v m="$model" '$1 == m { print $6 }' "$DATA" | sort -n | head -1)
+    best=$(awk -F'\t' -v m="$model" '$1 == m && $2 != "check" && $2 != "verify" { print $6 }' "$DATA" | sort -n | head -1)
     met=$(calc "$best <= $limit")
     printf 'target %-14s wall time at the best process count <= %.2fx floor: %.2fx  %s\n' "$model" "$limit" "$best" \
         "$([ "$met" = 1 ] && echo MET || echo 'NOT MET')"
