@@ -872,6 +872,9 @@ static void verify_optim_json(run *r, const optrun *op, vf_report *v)
     if (path && optim_json(r, op, &want, &ignore) == 0 && !want.oom) {
         if (fm_read_file(path, 256u << 20, &have, &hlen, &ignore)) have = NULL;
         vf_check_text(v, "optimizer/optimizer_state.json", (const char *)want.data, want.len, have, hlen);
+    } else { /* not skipped silently: a verify that compared nothing must not pass */
+        vf_bad(v, "optimizer/optimizer_state.json: cannot build what a merge writes (%s)",
+               ignore.code ? ignore.msg : "out of memory");
     }
     free(path);
     free(have);
