@@ -92,6 +92,9 @@ build-asan/tests/%: mpi_tests/unit/%.c $(LIB_OBJS_ASAN)
 ## unit: build the cmocka unit tests (normal and sanitizer builds)
 unit: $(UNIT_BINS) $(UNIT_BINS_ASAN)
 
+## unit-asan: only the sanitizer build of the unit tests
+unit-asan: $(UNIT_BINS_ASAN)
+
 ## faultinject: the test-only LD_PRELOAD shim that makes chosen calls fail (mpi_tests/faultinject/)
 faultinject: build/faultinject.so
 

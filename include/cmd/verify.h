@@ -4,8 +4,10 @@
  * checkpoint (`verify OUT --checkpoint_path CKPT`, cmd/merge.c re-derives
  * every segment and vf_compare_segments() compares it with the file).
  *
- * Memory stays bounded: tensors are read in chunks of VF_CHUNK bytes, never
- * whole. Work is split across processes by tensor (or by segment); every
+ * Memory stays bounded: tensors are converted in chunks of VF_CHUNK bytes
+ * and the output is read in batches of VF_SEGMENT bytes, never whole (a
+ * helper thread reads the next batch, with O_DIRECT where allowed, while
+ * this one is compared: base/readahead.h). Work is split across processes by tensor (or by segment); every
  * process must see the folders. A difference is reported per tensor, with
  * its first differing element, and the command exits with FM_EDIFFER (11).
  */
@@ -24,6 +26,7 @@
 #include "torchfmt/ptz.h"
 
 #define VF_CHUNK (1u << 20)
+#define VF_SEGMENT (8u << 20)
 
 /*! vf_reread_all() : COLLECTIVE over comm (every process of which sees
  *  dir). merge --verify, before the rename: drops the output files from the

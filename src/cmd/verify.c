@@ -15,6 +15,7 @@
 #include "base/comm.h"
 #include "base/crc32c.h"
 #include "base/numcmp.h"
+#include "base/readahead.h"
 #include "cmd/manifest.h"
 #include "plan/segment.h"
 
@@ -36,19 +37,38 @@ static int read_at(int fd, const char *path, uint64_t off, void *buf, size_t n, 
     return 0;
 }
 
-/* CRC-32C of bytes [off, off+len) of a file, read in chunks of buf. */
-static int crc_range(int fd, const char *path, uint64_t off, uint64_t len, uint8_t *buf, uint32_t *crc, fm_err *e)
+/* A short output file is a difference, not a malformed input. */
+static int as_difference(int rc, fm_err *e)
 {
+    if (rc == FM_EFORMAT) e->code = rc = FM_EDIFFER;
+    return rc;
+}
+
+/* CRC-32C of bytes [off, off+len) of f, two chunks of VF_SEGMENT in flight
+ * (r has nothing outstanding before and after). */
+static int crc_range(ra_reader *r, ra_file *f, uint64_t off, uint64_t len, uint32_t *crc, fm_err *e)
+{
+    uint64_t posted = 0, done = 0;
     uint32_t c = 0;
-    while (len) {
-        size_t n = (size_t)FM_MIN(len, (uint64_t)VF_CHUNK);
-        FM_TRY(read_at(fd, path, off, buf, n, e));
-        c = crc32c_update(c, buf, n);
-        off += n;
-        len -= n;
+    int rc = 0, inflight = 0;
+    while (rc == 0 && done < len) {
+        while (rc == 0 && inflight < 2 && posted < len) {
+            ra_range rg = {off + posted, FM_MIN(len - posted, (uint64_t)VF_SEGMENT)};
+            rc = ra_post(r, f, &rg, 1, e);
+            posted += rg.len;
+            inflight++;
+        }
+        const uint8_t *const *at;
+        if (rc == 0 && (rc = as_difference(ra_get(r, &at, e), e)) == 0) {
+            size_t n = (size_t)FM_MIN(len - done, (uint64_t)VF_SEGMENT);
+            c = crc32c_update(c, at[0], n);
+            done += n;
+            ra_done(r);
+            inflight--;
+        }
     }
     *crc = c;
-    return 0;
+    return rc;
 }
 
 #ifdef FM_TEST_HOOKS
@@ -71,22 +91,23 @@ static void test_corrupt(const char *path)
 
 /* Process me of nprocs checks file f's size and header when f % nprocs ==
  * me, and the tensors i with i % nprocs == me. */
-static int reread_file(const char *dir, const plan *pl, size_t f, const uint32_t *crc, int me, int nprocs, uint8_t *buf,
-                       uint64_t *bytes, fm_err *e)
+static int reread_file(const char *dir, const plan *pl, size_t f, const uint32_t *crc, int me, int nprocs, ra_reader *r,
+                       uint8_t *buf, uint64_t *bytes, fm_err *e)
 {
     const plan_file *pf = &pl->files[f];
     char *path = fm_path_join(dir, pf->name);
     if (path == NULL) return fm_fail(e, FM_ENOMEM, "out of memory");
     bool whole = f % (size_t)nprocs == (size_t)me;
-    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
+    ra_file rf = {0};
+    int rc = ra_file_open(&rf, path, e);
     struct stat sb;
-    if (fd < 0) rc = fm_fail(e, FM_EIO, "--verify: cannot open %s: %s", path, strerror(errno));
-    else if (whole && (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size != pf->size))
+    if (rc) fm_context(e, "--verify");
+    else if (whole && (fstat(rf.fd, &sb) != 0 || (uint64_t)sb.st_size != pf->size))
         rc = fm_fail(e, FM_EDIFFER, "--verify: %s holds %lld bytes on disk, %" PRIu64 " were written", pf->name,
                      (long long)sb.st_size, pf->size);
-    /* the files were flushed: drop their clean pages so that the reads below come from the disk */
-    if (rc == 0) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    if (rc == 0 && whole && pf->data_start <= VF_CHUNK && (rc = read_at(fd, path, 0, buf, pf->data_start, e)) == 0 &&
+    /* the files were flushed: drop their clean pages so that even buffered reads come from the disk */
+    if (rc == 0) posix_fadvise(rf.fd, 0, 0, POSIX_FADV_DONTNEED);
+    if (rc == 0 && whole && pf->data_start <= VF_CHUNK && (rc = read_at(rf.fd, path, 0, buf, pf->data_start, e)) == 0 &&
         memcmp(buf, pf->header.data, pf->data_start) != 0)
         rc = fm_fail(e, FM_EDIFFER, "--verify: the header of %s read back from disk differs from the one written", pf->name);
     for (size_t i = pf->first; rc == 0 && i < pf->first + pf->count; i++) {
@@ -94,13 +115,13 @@ static int reread_file(const char *dir, const plan *pl, size_t f, const uint32_t
         uint32_t c = 0;
         if (i % (size_t)nprocs != (size_t)me) continue;
         *bytes += t->end - t->begin;
-        rc = crc_range(fd, path, pf->data_start + t->begin, t->end - t->begin, buf, &c, e);
+        rc = crc_range(r, &rf, pf->data_start + t->begin, t->end - t->begin, &c, e);
         if (rc == 0 && c != crc[i])
             rc = fm_fail(e, FM_EDIFFER, "--verify: tensor '%s' in %s read back from disk has CRC-32C %08" PRIx32
                          ", the bytes written had %08" PRIx32, t->name, pf->name, c, crc[i]);
     }
     if (whole) *bytes += pf->data_start;
-    if (fd >= 0) close(fd);
+    ra_file_close(&rf);
     free(path);
     return rc;
 }
@@ -119,59 +140,148 @@ int vf_reread_all(const char *dir, const plan *pl, const uint32_t *crc, MPI_Comm
     MPI_Barrier(comm);
 #endif
     uint8_t *buf = malloc(VF_CHUNK);
-    int rc = buf ? 0 : fm_fail(e, FM_ENOMEM, "out of memory");
-    for (size_t f = 0; rc == 0 && f < pl->nfiles; f++) rc = reread_file(dir, pl, f, crc, me, nprocs, buf, bytes, e);
+    ra_reader *r = NULL;
+    int rc = buf ? ra_open(&r, VF_SEGMENT, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    for (size_t f = 0; rc == 0 && f < pl->nfiles; f++) rc = reread_file(dir, pl, f, crc, me, nprocs, r, buf, bytes, e);
+    ra_close(r);
     free(buf);
     return comm_agree_all(e, comm);
 }
 
 /* ---- against the checkpoint ---- */
 
-static int compare_file(const plan *pl, size_t f, sg_sources *src, const sr_model *outm, const sr_tensor *const *where,
-                        int me, uint8_t *mine, uint8_t *theirs, int *fds, uint64_t *first_diff, uint64_t *bytes, fm_err *e)
-{
+/* This process's segments of every plan file, in order, cut into batches
+ * of at most VF_SEGMENT bytes whose output bytes lie in one output file:
+ * the read-ahead reads a batch of the output while the one before is read
+ * from the shards, converted and compared. */
+typedef struct vf_batch {
+    sg_seg seg[RA_MAX_RANGES];
+    int range[RA_MAX_RANGES]; /* segment -> its output range, -1 when not compared */
+    ra_range rng[RA_MAX_RANGES];
+    size_t nseg, nrng;
+    uint64_t bytes;
+    int ofile;
+} vf_batch;
+
+typedef struct vf_walk {
+    const plan *pl;
+    const sr_model *outm;
+    const sr_tensor *const *where;
+    ra_file *rf; /* one per output file, opened on first use */
+    int me;
+    size_t f;
+    bool open, pending;
     sg_stream st;
-    int rc = sg_stream_init(&st, pl, (int)f, me, e);
+    sg_seg next;
+} vf_walk;
+
+static bool walk_next(vf_walk *w, sg_seg *sg, fm_err *e)
+{
+    if (w->pending) {
+        w->pending = false;
+        *sg = w->next;
+        return true;
+    }
+    while (w->f < w->pl->nfiles) {
+        if (!w->open && sg_stream_init(&w->st, w->pl, (int)w->f, w->me, e) != 0) return false;
+        w->open = true;
+        if (sg_stream_next(&w->st, VF_CHUNK, sg)) return true;
+        sg_stream_free(&w->st);
+        w->open = false;
+        w->f++;
+    }
+    return false;
+}
+
+static int fill_batch(vf_walk *w, vf_batch *b, fm_err *e)
+{
     sg_seg sg;
-    while (rc == 0 && sg_stream_next(&st, VF_CHUNK, &sg)) {
-        const plan_tensor *t = &pl->tensors[sg.tensor];
-        const sr_tensor *o = where[sg.tensor];
-        size_t es = dt_size(t->out_dtype), len = (size_t)(sg.n * es);
-        if ((rc = sg_read(src, pl, &sg, mine, e))) break; /* read even when skipped: the records' CRCs are checked */
-        if (o == NULL) continue;
-        const sr_file *of = &outm->files[o->file];
-        if (fds[o->file] < 0 && (fds[o->file] = open(of->path, O_RDONLY | O_CLOEXEC)) < 0) {
-            rc = fm_fail(e, FM_EIO, "cannot open %s: %s", of->path, strerror(errno));
+    b->nseg = b->nrng = 0;
+    b->bytes = 0;
+    while (b->nseg < RA_MAX_RANGES && walk_next(w, &sg, e)) {
+        const plan_tensor *t = &w->pl->tensors[sg.tensor];
+        const sr_tensor *o = w->where[sg.tensor];
+        uint64_t len = sg.n * dt_size(t->out_dtype);
+        if (b->nseg && (b->bytes + len > VF_SEGMENT || (o && b->nrng && o->file != b->ofile))) {
+            w->next = sg;
+            w->pending = true;
             break;
         }
-        if ((rc = read_at(fds[o->file], of->path, o->begin + (sg.out - t->begin), theirs, len, e))) break;
+        b->range[b->nseg] = -1;
+        if (o) {
+            ra_file *rf = &w->rf[o->file];
+            if (rf->path == NULL && ra_file_open(rf, w->outm->files[o->file].path, e) != 0) return e->code;
+            b->ofile = o->file;
+            b->rng[b->nrng] = (ra_range){o->begin + (sg.out - t->begin), len};
+            b->range[b->nseg] = (int)b->nrng++;
+        }
+        b->seg[b->nseg++] = sg;
+        b->bytes += len;
+    }
+    return e->code;
+}
+
+/* Converts the batch's segments and compares them with the output bytes at[]. */
+static int compare_batch(const vf_walk *w, const vf_batch *b, const uint8_t *const *at, sg_sources *src, uint8_t *mine,
+                         uint64_t *first_diff, uint64_t *bytes, fm_err *e)
+{
+    for (size_t k = 0; k < b->nseg; k++) {
+        const sg_seg *sg = &b->seg[k];
+        const plan_tensor *t = &w->pl->tensors[sg->tensor];
+        size_t es = dt_size(t->out_dtype), len = (size_t)(sg->n * es);
+        FM_TRY(sg_read(src, w->pl, sg, mine, e)); /* read even when skipped: the records' CRCs are checked */
+        if (b->range[k] < 0) continue;
+        const uint8_t *theirs = at[b->range[k]];
         *bytes += len;
         if (memcmp(mine, theirs, len) == 0) continue;
-        size_t k = 0;
-        while (memcmp(mine + k * es, theirs + k * es, es) == 0) k++;
-        uint64_t elem = (sg.out - t->begin) / es + k;
-        if (elem < first_diff[sg.tensor]) first_diff[sg.tensor] = elem;
+        size_t i = 0;
+        while (memcmp(mine + i * es, theirs + i * es, es) == 0) i++;
+        uint64_t elem = (sg->out - t->begin) / es + i;
+        if (elem < first_diff[sg->tensor]) first_diff[sg->tensor] = elem;
     }
-    sg_stream_free(&st);
-    return rc;
+    return 0;
+}
+
+static int compare_all(vf_walk *w, sg_sources *src, ra_reader *r, vf_batch *b, uint8_t *mine, uint64_t *first_diff,
+                       uint64_t *bytes, fm_err *e)
+{
+    int i = 0;
+    for (int k = 0; k < 2; k++) {
+        FM_TRY(fill_batch(w, &b[k], e));
+        if (b[k].nseg) FM_TRY(ra_post(r, &w->rf[b[k].ofile], b[k].rng, b[k].nrng, e));
+    }
+    while (b[i].nseg) {
+        const uint8_t *const *at;
+        FM_TRY(as_difference(ra_get(r, &at, e), e));
+        FM_TRY(compare_batch(w, &b[i], at, src, mine, first_diff, bytes, e));
+        ra_done(r);
+        FM_TRY(fill_batch(w, &b[i], e));
+        if (b[i].nseg) FM_TRY(ra_post(r, &w->rf[b[i].ofile], b[i].rng, b[i].nrng, e));
+        i ^= 1;
+    }
+    return 0;
 }
 
 int vf_compare_segments(const plan *pl, ptz_file *const *zips, const sr_model *outm, const sr_tensor *const *where,
                         int me, uint64_t *first_diff, uint64_t *bytes, fm_err *e)
 {
+    vf_walk w = {.pl = pl, .outm = outm, .where = where, .me = me};
     sg_sources src;
-    uint8_t *mine = malloc(VF_CHUNK), *theirs = malloc(VF_CHUNK);
-    int *fds = malloc(sizeof(int) * (outm->nfiles + 1));
-    int rc = mine && theirs && fds ? sg_sources_init(&src, pl, zips, me, e) : fm_fail(e, FM_ENOMEM, "out of memory");
-    for (size_t k = 0; fds && k < outm->nfiles; k++) fds[k] = -1;
-    for (size_t f = 0; rc == 0 && f < pl->nfiles; f++)
-        rc = compare_file(pl, f, &src, outm, where, me, mine, theirs, fds, first_diff, bytes, e);
-    if (mine && theirs && fds) sg_sources_free(&src);
-    for (size_t k = 0; fds && k < outm->nfiles; k++)
-        if (fds[k] >= 0) close(fds[k]);
-    free(fds);
+    ra_reader *r = NULL;
+    uint8_t *mine = malloc(VF_CHUNK);
+    vf_batch *b = calloc(2, sizeof *b);
+    w.rf = calloc(outm->nfiles + 1, sizeof *w.rf);
+    int rc = mine && b && w.rf ? ra_open(&r, VF_SEGMENT, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    bool have_src = rc == 0 && sg_sources_init(&src, pl, zips, me, e) == 0;
+    if (have_src) rc = compare_all(&w, &src, r, b, mine, first_diff, bytes, e);
+    else rc = e->code;
+    ra_close(r); /* before the files it may still be reading are closed */
+    if (have_src) sg_sources_free(&src);
+    if (w.open) sg_stream_free(&w.st);
+    for (size_t k = 0; w.rf && k < outm->nfiles; k++) ra_file_close(&w.rf[k]);
+    free(w.rf);
+    free(b);
     free(mine);
-    free(theirs);
     return rc;
 }
 
@@ -331,6 +441,8 @@ typedef struct vrun {
     uint64_t checked, bytes;
     uint8_t *a, *b;         /* VF_CHUNK each */
     double *scratch;        /* 2 * VF_CHUNK / 8 doubles: chunks converted to float64 */
+    ra_reader *ra;          /* by manifest: the output read ahead */
+    ra_file *rf;            /* one per output file, opened on first use */
 } vrun;
 
 static int check_manifest_tensor(vrun *v, const mf_tensor *mt, fm_err *e)
@@ -345,13 +457,10 @@ static int check_manifest_tensor(vrun *v, const mf_tensor *mt, fm_err *e)
         vf_bad(&v->rep, "%s: in %s as %s, the manifest says %s as %s", mt->name, file, dt_st_name(t->dtype), mt->file, mt->dtype);
         return 0;
     }
-    const char *path = v->outm.files[t->file].path;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fm_fail(e, FM_EIO, "cannot open %s: %s", path, strerror(errno));
+    ra_file *rf = &v->rf[t->file];
     uint32_t c = 0;
-    int rc = crc_range(fd, path, t->begin, t->end - t->begin, v->a, &c, e);
-    close(fd);
-    FM_TRY(rc);
+    if (rf->path == NULL) FM_TRY(ra_file_open(rf, v->outm.files[t->file].path, e));
+    FM_TRY(crc_range(v->ra, rf, t->begin, t->end - t->begin, &c, e));
     v->checked++;
     v->bytes += t->end - t->begin;
     if (c != mt->crc32c)
@@ -365,8 +474,9 @@ static int by_manifest(vrun *v, fm_err *e)
     size_t len = 0;
     mf_manifest m;
     memset(&m, 0, sizeof m);
-    int rc = path ? fm_read_file(path, 1u << 30, &text, &len, e) : fm_fail(e, FM_ENOMEM, "out of memory");
-    if (rc == FM_EIO)
+    v->rf = calloc(v->outm.nfiles + 1, sizeof *v->rf);
+    int rc = path && v->rf ? ra_open(&v->ra, VF_SEGMENT, e) : fm_fail(e, FM_ENOMEM, "out of memory");
+    if (rc == 0 && (rc = fm_read_file(path, 1u << 30, &text, &len, e)) == FM_EIO)
         fm_context(e, "verify without --checkpoint_path or --reference needs the manifest a merge writes");
     if (rc == 0) rc = mf_parse(text, len, &m, e);
     for (size_t i = (size_t)v->me; rc == 0 && i < m.ntensors; i += (size_t)v->nprocs) rc = check_manifest_tensor(v, &m.tensors[i], e);
@@ -376,6 +486,9 @@ static int by_manifest(vrun *v, fm_err *e)
         for (size_t k = 0; k < m.ntensors && !listed; k++) listed = strcmp(m.tensors[k].name, v->outm.tensors[i].name) == 0;
         if (!listed) vf_bad(&v->rep, "%s: in the safetensors files, not in the manifest", v->outm.tensors[i].name);
     }
+    ra_close(v->ra);
+    for (size_t k = 0; v->rf && k < v->outm.nfiles; k++) ra_file_close(&v->rf[k]);
+    free(v->rf);
     mf_free(&m);
     free(text);
     free(path);
