@@ -70,3 +70,13 @@ cmp -s "$out/model.safetensors" "$FIX/fsdp2_ws4_tied/reference/bf16/model.safete
     && [ -f "$out/tokenizer.json" ] && ! ls "$out" | grep -q '\.pt$' && grep -q "world_size=4 from checkpoint (file names)" "$OUT_LOG" \
     && pass "older verl layout (files in actor/, no fsdp_config.json): merged, only HF files copied" \
     || fail "older verl layout: $(ls "$out" | tr '\n' ' ')"
+
+# on one host fsdpmerge picks Open MPI's shared-memory transport itself (no TCP probing at start-up),
+# unless the user chose transports or set FSDPMERGE_KEEP_MPI_TRANSPORTS
+btls() { OMPI_MCA_btl_base_verbose=100 "$@" 2>&1 | grep -o "select: init of component [a-z]*" | sort -u | awk '{ print $NF }' | tr '\n' ' '; }
+one=$(btls mpirun --allow-run-as-root --oversubscribe -np 2 "$FM_BIN" --version)
+kept=$(FSDPMERGE_KEEP_MPI_TRANSPORTS=1 btls mpirun --allow-run-as-root --oversubscribe -np 2 "$FM_BIN" --version)
+mine=$(btls mpirun --allow-run-as-root --oversubscribe -np 2 -x OMPI_MCA_btl=self,tcp "$FM_BIN" --version)
+[ "$one" = "self vader " ] && [[ " $kept" == *" tcp "* ]] && [ "$mine" = "self tcp " ] \
+    && pass "one host: shared memory only ('$one'); kept: '$kept'; the user's choice wins: '$mine'" \
+    || fail "transport choice: one host '$one', kept '$kept', user '$mine'"

@@ -129,3 +129,16 @@ void comm_print_hints(FILE *out, MPI_File fh, const char *what)
     }
     MPI_Info_free(&info);
 }
+
+void comm_prefer_shared_memory(void)
+{
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE"), *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    static const char *const chosen[] = {"OMPI_MCA_pml", "OMPI_MCA_btl", "OMPI_MCA_mtl", "FSDPMERGE_KEEP_MPI_TRANSPORTS"};
+    for (size_t k = 0; k < sizeof chosen / sizeof *chosen; k++)
+        if (getenv(chosen[k])) return;
+    /* started by another launcher (srun, a PMI): the host count is not known here */
+    if (size == NULL && (getenv("SLURM_PROCID") || getenv("PMIX_RANK") || getenv("PMI_RANK"))) return;
+    if (size != NULL && (local == NULL || strcmp(size, local) != 0)) return;
+    setenv("OMPI_MCA_pml", "ob1", 0);
+    setenv("OMPI_MCA_btl", "self,vader", 0);
+}

@@ -3,6 +3,7 @@
 #include <stdio.h>
 
 #include "cmd/cli.h"
+#include "base/comm.h"
 #include "base/err.h"
 #include "cmd/inspect.h"
 #include "cmd/merge.h"
@@ -13,6 +14,7 @@ int main(int argc, char **argv)
 {
     int provided, me = 0;
     /* FUNNELED: only the main thread calls MPI; the writer's I/O thread does pwrite only */
+    comm_prefer_shared_memory();
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &me);
     fm_err e = {0};
