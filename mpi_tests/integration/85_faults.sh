@@ -2,7 +2,9 @@
 # Faults: a full disk, a failing read or write, a killed or stalled process,
 # in gather and direct mode and with --format hdf5. Every case asserts the
 # exit code, one clear message, the time to exit (far below the watchdog's
-# default 600 s), no output folder and no temporary folder.
+# default 600 s), no output folder and no temporary folder. Signals: SIGTERM
+# and SIGKILL to the writer and to process 1 in every phase of every mode,
+# SIGINT and SIGHUP, a third process, every process at once, -np 1.
 #
 # Tools: a 2 MiB tmpfs (ENOSPC), build/faultinject.so (LD_PRELOAD: the Nth
 # pread/pwrite/fsync/rename/open of one process fails), and the test hook
@@ -20,8 +22,18 @@ ck=$SCRATCH/ck
 "$FM_SYNTH" --out "$ck" --world-size 4 --model tiny --hidden 256 --intermediate 512 --vocab 2048 -q \
     || { fail "fsdpsynth"; exit 0; }
 CK=$ck/global_step_1
-OUTS=$SCRATCH/outs
-mkdir -p "$OUTS"
+# The outputs go to a tmpfs where there is one: on a disk loaded by other
+# work (a benchmark's fsync'ed writes beside the tests) one rename, unlink or
+# fsync can stall for seconds, longer than the deadlines these cases test
+# against: the 1 s mpirun leaves between its SIGTERM and its SIGKILL
+# (odls_base_sigkill_timeout; a peer killed mid-removal leaves a
+# "<tmp>-removing" folder and no message) and the 2 s of the --timeout 2
+# watchdog cases (both processes fire). That is the disk, not the program
+# (docs/faults.md). Measured on the loaded ext4 /tmp: 3-4 of 20 SIGKILL
+# cases lost their message, 4 watchdog cases of one run failed; on
+# /dev/shm under the same load, none.
+OUTS=$(mktemp -d /dev/shm/fsdpmerge-faults.XXXXXX 2>/dev/null) || { OUTS=$SCRATCH/outs; mkdir -p "$OUTS"; }
+trap 'rm -rf "$OUTS" "$SCRATCH" "$OUT_LOG"' EXIT
 LIMIT=30 # seconds: every fault case must end far below the watchdog's default (600 s)
 
 # frun NAME NP [VAR=VALUE ...] -- ARGS... : a merge into $OUTS/NAME with the
@@ -39,15 +51,16 @@ frun() {
     return $RC
 }
 
-# expect NAME RC REGEX [MAX_SECONDS] [DIR]: exit code, exactly one
-# "fsdpmerge: error:" line matching REGEX, time, nothing left in DIR.
+# expect NAME RC REGEX [MAX_SECONDS] [DIR] [LINES]: exit code, exactly one
+# line matching LINES (default "fsdpmerge: error:"), which matches REGEX,
+# time, nothing left in DIR.
 expect() {
-    local name=$1 want=$2 re=$3 max=${4:-$LIMIT} dir=${5:-$OUTS} errs
-    errs=$(grep -c '^fsdpmerge: error:' "$OUT_LOG")
+    local name=$1 want=$2 re=$3 max=${4:-$LIMIT} dir=${5:-$OUTS} lines=${6:-^fsdpmerge: error:} errs
+    errs=$(grep -c "$lines" "$OUT_LOG")
     local why=""
     [ "$RC" = "$want" ] || why+=" exit $RC (want $want);"
-    [ "$errs" = 1 ] || why+=" $errs error lines;"
-    grep '^fsdpmerge: error:' "$OUT_LOG" | grep -Eq "$re" || why+=" message does not match /$re/;"
+    [ "$errs" = 1 ] || why+=" $errs message lines;"
+    grep "$lines" "$OUT_LOG" | grep -Eq "$re" || why+=" message does not match /$re/;"
     [ "$(echo "$SECS < $max" | bc)" = 1 ] || why+=" took $SECS s (limit $max);"
     [ ! -e "$dir/$name" ] || why+=" output $dir/$name exists;"
     no_leftovers "$dir" || why+=" temporary folder left: $(ls -a "$dir" | grep fsdpmerge- | tr '\n' ' ');"
@@ -66,7 +79,7 @@ FI="LD_PRELOAD=$SHIM"
 small=$SCRATCH/small
 mkdir -p "$small"
 if mount -t tmpfs -o size=2m tmpfs "$small" 2>/dev/null; then
-    trap 'umount "$small" 2>/dev/null; rm -rf "$SCRATCH" "$OUT_LOG"' EXIT
+    trap 'umount "$small" 2>/dev/null; rm -rf "$OUTS" "$SCRATCH" "$OUT_LOG"' EXIT
     smallrun() { local name=$1; shift; OUTS_SAVE=$OUTS; OUTS=$small; frun "$name" 2 -- "$@"; OUTS=$OUTS_SAVE; }
     for a in "--mode gather" "--mode direct" "--format hdf5"; do
         tag=${a// /}
@@ -132,69 +145,82 @@ for a in "--mode direct" "--format hdf5"; do
     expect stall-write${a// /} 12 "made no progress for [0-9]+ s in phase 'write'" 20
 done
 
-# ---- signals: a process is stopped in a phase, then signalled ----
-# ksig NAME SIG PHASE RANK ARGS... : runs, waits for the process to stop, signals it.
+# ---- signals: a process is parked in a phase (the stall hook), then signalled ----
+# Every process watches the temporary folder: whichever a signal ends first
+# (the one signalled, or a peer that mpirun sends SIGTERM after a SIGKILL)
+# removes it and prints the one message; the exit code is mpirun's report of
+# the first process killed by that signal.
+SIGLIMIT=10 # seconds from the signal to the end of mpirun (the watchdog would take 600)
+SIGMSG='^fsdpmerge: stopped by a signal; temporary output folder removed$'
+declare -A SIGRC=([TERM]=143 [INT]=130 [HUP]=129 [KILL]=137)
+
+# ksig NAME NP SIG PHASE RANK WHOM ARGS... : a merge of NP processes with
+# process RANK parked on entering PHASE; then SIG to WHOM: "one" (the parked
+# process) or "all" (every process of the job at once, like SLURM's time
+# limit). Sets RC and SECS (from the signal to the end of mpirun).
 ksig() {
-    local name=$1 sig=$2 ph=$3 p=$4 pidf=$SCRATCH/pid
-    shift 4
+    local name=$1 np=$2 sig=$3 ph=$4 p=$5 whom=$6 pidf=$SCRATCH/pid pid
+    shift 6
     rm -f "$pidf"
-    frun "$name" 2 FSDPMERGE_TEST_STALL=$ph:$p FSDPMERGE_TEST_PIDFILE=$pidf -- "$@" &
+    frun "$name" "$np" FSDPMERGE_TEST_STALL=$ph:$p FSDPMERGE_TEST_PIDFILE=$pidf -- "$@" &
     local bg=$!
-    for _ in $(seq 100); do [ -s "$pidf" ] && break; sleep 0.1; done
+    for _ in $(seq 300); do [ -s "$pidf" ] && break; sleep 0.1; done
+    pid=$(cat "$pidf" 2>/dev/null)
+    # the processes of this job are the children of its mpirun
+    [ "$whom" = all ] && [ -n "$pid" ] && pid=$(pgrep -P "$(ps -o ppid= -p "$pid" | tr -d " ")") # ps pads the number
     local t0=$(date +%s.%N)
-    [ -s "$pidf" ] && kill -"$sig" "$(cat "$pidf")"
+    [ -n "$pid" ] && kill -"$sig" $pid
     wait $bg
     RC=$?
     SECS=$(echo "$(date +%s.%N) - $t0" | bc)
 }
-# ends(NAME): every process gone within the limit, no output
-ends() {
-    local name=$1 want=$2 why=""
-    [ "$(echo "$SECS < 15" | bc)" = 1 ] || why+=" took $SECS s after the signal;"
-    [ ! -e "$OUTS/$name" ] || why+=" output exists;"
-    [ "$(grep -c '^fsdpmerge:' "$OUT_LOG")" -le 1 ] || why+=" more than one message;"
-    [ "$RC" != 0 ] || why+=" exit 0;"
-    [ -z "$why" ] && pass "$name: every process ended $(printf %.1f "$SECS") s after the signal (exit $RC), no output$want" \
-        || { fail "$name:$why"; tail -5 "$OUT_LOG"; }
+
+# kcase NAME NP SIG PHASE RANK WHOM ARGS... : ksig, then the exit code of
+# SIG, one message, SIGLIMIT, no output, no temporary folder.
+kcase() {
+    local name=$1 sig=$3
+    ksig "$@"
+    expect "$name" "${SIGRC[$sig]}" "$SIGMSG" "$SIGLIMIT" "$OUTS" '^fsdpmerge:'
 }
-for ph in read plan write commit; do
-    for sig in TERM INT HUP; do
-        [ $sig != TERM ] && [ $ph != write ] && continue # every signal once, all phases with SIGTERM
+
+for a in "--mode gather" "--mode direct" "--format hdf5"; do
+    for ph in read plan write commit; do
         for p in 0 1; do
-            ksig sig$sig-$ph-$p $sig $ph $p --mode gather
-            if no_leftovers "$OUTS"; then ends sig$sig-$ph-$p ", no temporary folder"
-            else fail "sig$sig-$ph-$p: temporary folder left: $(ls -a "$OUTS" | grep fsdpmerge-)"; fi
-            rm -rf "$OUTS"/* "$OUTS"/.*fsdpmerge-* 2>/dev/null
+            for sig in TERM KILL; do
+                kcase sig$sig-$ph-$p${a// /} 2 $sig $ph $p one $a
+            done
         done
     done
 done
-for a in "--mode direct" "--format hdf5"; do
-    ksig sigTERM-write${a// /} TERM write 1 $a
-    no_leftovers "$OUTS" && ends sigTERM-write${a// /} ", no temporary folder" || fail "sigTERM-write${a// /}: folder left"
-    rm -rf "$OUTS"/* "$OUTS"/.*fsdpmerge-* 2>/dev/null
+for sig in INT HUP; do
+    for p in 0 1; do kcase sig$sig-write-$p 2 $sig write $p one --mode gather; done
 done
-# SIGKILL of a non-writer: Open MPI ends the rest; the writer removes the folder on its SIGTERM
-for c in "read --mode gather" "write --mode gather" "commit --mode gather" "write --mode direct" "write --format hdf5"; do
-    set -- $c
-    name=kill9-$1-1$2$3
-    ksig $name KILL $1 1 $2 $3
-    no_leftovers "$OUTS" && ends $name ", no temporary folder" || fail "$name: folder left"
-    rm -rf "$OUTS"/* "$OUTS"/.*fsdpmerge-* 2>/dev/null
+for sig in TERM KILL; do kcase sig$sig-write-2-np3 3 $sig write 2 one --mode direct; done
+for a in "--mode gather" "--mode direct" "--format hdf5"; do
+    kcase sigTERM-all-write${a// /} 2 TERM write 1 all $a
 done
-# SIGKILL of the writer leaves its folder: the next run on the target removes it and says so
-ksig kill9-write-0 KILL write 0 --mode direct
-ends kill9-write-0 ""
+kcase sigTERM-write-np1 1 TERM write 0 one --mode gather
+
+# SIGKILL of a single process: no peer is left to clean up, its folder
+# stays; the next run on the target removes it and says so
+name=sigKILL-write-np1
+ksig $name 1 KILL write 0 one --mode gather
 left=$(ls -a "$OUTS" | grep 'fsdpmerge-' | head -1)
-grep -q "^host=$(hostname)$" "$OUTS/$left/.fsdpmerge-owner" 2>/dev/null && grep -q "^pid=[0-9]" "$OUTS/$left/.fsdpmerge-owner" \
-    && pass "a killed writer's temporary folder records its owner (host, pid)" || fail "owner file of '$left'"
-frun kill9-write-0 2 -- --mode gather
-if [ $RC = 0 ] && grep -q "fsdpmerge: removed $OUTS/$left, left by an earlier run that is gone (process [0-9]* on $(hostname)" "$OUT_LOG" \
-    && no_leftovers "$OUTS" && [ ! -e "$OUTS/kill9-write-0/.fsdpmerge-owner" ]; then
-    pass "the next run removes the dead writer's folder and says so"
+if [ "$RC" = 137 ] && [ "$(echo "$SECS < $SIGLIMIT" | bc)" = 1 ] && ! grep -q '^fsdpmerge:' "$OUT_LOG" \
+    && [ ! -e "$OUTS/$name" ] && grep -q "^host=$(hostname)$" "$OUTS/$left/.fsdpmerge-owner" 2>/dev/null \
+    && grep -q "^pid=[0-9]" "$OUTS/$left/.fsdpmerge-owner"; then
+    pass "$name: exit 137 in $(printf %.1f "$SECS") s, no message, its folder left with its owner (host, pid)"
 else
-    fail "stale folder after kill -9 of the writer: rc $RC, $(ls -a "$OUTS" | tr '\n' ' ')"; tail -5 "$OUT_LOG"
+    fail "$name: exit $RC in $SECS s, left '$left'"; tail -5 "$OUT_LOG"
 fi
-rm -rf "$OUTS"/*
+frun $name 2 -- --mode gather
+if [ $RC = 0 ] && grep -q "fsdpmerge: removed $OUTS/$left, left by an earlier run that is gone (process [0-9]* on $(hostname)" "$OUT_LOG" \
+    && no_leftovers "$OUTS" && [ ! -e "$OUTS/$name/.fsdpmerge-owner" ]; then
+    pass "the next run removes the dead run's folder and says so"
+else
+    fail "stale folder after kill -9 of a single process: rc $RC, $(ls -a "$OUTS" | tr '\n' ' ')"; tail -5 "$OUT_LOG"
+fi
+rm -rf "$OUTS"/* "$OUTS"/.*fsdpmerge-* 2>/dev/null
 # a folder of a live process, and one from another host, are named, not removed
 mkdir "$OUTS/.live.fsdpmerge-AAAAAA" "$OUTS/.live.fsdpmerge-BBBBBB"
 printf 'host=%s\npid=%s\nstart=%s\ntime=0\ncommand=x\n' "$(hostname)" $$ "$(awk '{print $22}' /proc/$$/stat)" \

@@ -3,38 +3,129 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
-#include <time.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/util.h"
 
-/* The temporary folder to remove if the process is killed mid-run. */
-static char g_cleanup[4096];
+/* ---- removal on a signal: every process of a run watches the folder ----
+ *
+ * When one process dies (SIGKILL, the OOM killer), mpirun sends SIGTERM to
+ * the others; SLURM's time limit sends it to all. So every process, not only
+ * the writer that made it, knows the temporary folder and removes it when a
+ * signal ends it: a SIGKILLed writer leaves nothing behind either.
+ *
+ * Removal starts by renaming the folder to "<tmp>-removing", which is
+ * atomic: of several processes signalled at once exactly one takes it (and
+ * prints the one message), and a folder that the commit already renamed
+ * onto the target no longer exists under the watched name, so a signal that
+ * races with the commit either finds it gone (the output stays, whole) or
+ * takes it first (the commit's rename then fails; no output). Nothing ever
+ * deletes by the target's name or through a descriptor that could have
+ * followed the folder there. The walk uses only system calls (openat,
+ * getdents64, unlinkat), never follows a symbolic link, and goes at most
+ * RM_DEPTH folders deep. */
+
+#define RM_DEPTH 16
+#define CLAIM_SUFFIX "-removing"
+
+static char g_watch[4096];
+static atomic_int g_watching; /* g_watch is complete and valid while set */
+
+static int rm_entry(int dirfd, const char *name, int depth);
+
+/* Removes everything inside the open folder fd. */
+static int rm_children(int fd, int depth)
+{
+    char buf[2048] __attribute__((aligned(8)));
+    int rc = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (n <= 0) return n < 0 ? -1 : rc;
+        for (long off = 0; off < n;) {
+            const struct dirent64 *d = (const struct dirent64 *)(buf + off);
+            off += d->d_reclen;
+            const char *nm = d->d_name;
+            if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0'))) continue;
+            if (rm_entry(fd, nm, depth + 1) != 0) rc = -1;
+        }
+    }
+}
+
+/* Removes name in dirfd: a file or link by unlinking it, a folder (never
+ * reached through a link: O_NOFOLLOW) by emptying it first. */
+static int rm_entry(int dirfd, const char *name, int depth)
+{
+    if (unlinkat(dirfd, name, 0) == 0 || errno == ENOENT) return 0;
+    if ((errno != EISDIR && errno != EPERM) || depth > RM_DEPTH) return -1;
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = rm_children(fd, depth);
+    close(fd);
+    return rc == 0 && unlinkat(dirfd, name, AT_REMOVEDIR) == 0 ? 0 : -1;
+}
+
+/* Takes dir by renaming it aside, then removes it: true when this call did
+ * both (false when it was gone or taken by another process). */
+static bool claim_and_remove(const char *dir)
+{
+    char dead[sizeof g_watch + sizeof CLAIM_SUFFIX];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof g_watch) return false;
+    memcpy(dead, dir, n);
+    memcpy(dead + n, CLAIM_SUFFIX, sizeof CLAIM_SUFFIX);
+    if (rename(dir, dead) != 0) return false;
+    return rm_entry(AT_FDCWD, dead, 0) == 0;
+}
 
 static void on_signal(int sig)
 {
-    /* Best effort: the folder's files are removed by a tree walk, which is
-     * not async-signal-safe, but the process is about to die anyway and a
-     * stale hidden folder is the only alternative. */
     static const char msg[] = "fsdpmerge: stopped by a signal; temporary output folder removed\n";
-    if (g_cleanup[0]) {
-        fm_rmtree(g_cleanup, NULL);
-        g_cleanup[0] = '\0';
+    static atomic_flag busy = ATOMIC_FLAG_INIT;
+    /* a second signal on another thread waits: the first one's raise ends
+     * the process once its removal is done */
+    if (atomic_flag_test_and_set(&busy))
+        for (;;) pause();
+    if (atomic_load(&g_watching) && claim_and_remove(g_watch)) {
         if (write(2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
     }
-    signal(sig, SIG_DFL);
-    raise(sig);
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    raise(sig); /* pending until the handler returns: the exit status stays "killed by sig" */
 }
+
+static void install_handlers(void)
+{
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&sa.sa_mask, sigs[i]);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+void od_watch(const char *path)
+{
+    atomic_store(&g_watching, 0);
+    if (path == NULL || strlen(path) >= sizeof g_watch) return;
+    memcpy(g_watch, path, strlen(path) + 1);
+    install_handlers();
+    atomic_store(&g_watching, 1);
+}
+
+void od_unwatch(void) { atomic_store(&g_watching, 0); }
 
 void od_emergency_cleanup(void)
 {
-    if (g_cleanup[0]) fm_rmtree(g_cleanup, NULL);
-    g_cleanup[0] = '\0';
+    if (atomic_exchange(&g_watching, 0)) claim_and_remove(g_watch);
 }
 
 /* ---- who made a temporary folder: ".fsdpmerge-owner" inside it ---- */
@@ -167,15 +258,32 @@ static void handle_leftover(const char *dir, bool force)
                 when, dir, g_stale_after);
 }
 
+/* A "<tmp>-removing" folder was claimed for removal by a signal handler
+ * that was itself killed before it finished (mpirun sends SIGKILL 1 s after
+ * SIGTERM; a stalled file system can take longer): garbage by definition,
+ * whoever made it. */
+static void remove_claimed(const char *dir)
+{
+    fm_err e = {0};
+    if (fm_rmtree(dir, &e) == 0)
+        fprintf(stderr, "fsdpmerge: removed %s, a temporary folder whose removal was cut short\n", dir);
+    else if (fm_path_exists(dir))
+        fprintf(stderr, "fsdpmerge: warning: cannot remove %s: %s\n", dir, e.msg);
+}
+
 static void scan_leftovers(const char *parent, const char *base, bool force)
 {
     char *prefix = fm_asprintf(".%s.fsdpmerge-", base);
+    size_t plen = prefix ? strlen(prefix) : 0;
     DIR *d = prefix ? opendir(parent) : NULL;
     for (struct dirent *de = d ? readdir(d) : NULL; de; de = readdir(d)) {
         const char *n = de->d_name;
-        if (!fm_starts_with(n, prefix) || strlen(n) != strlen(prefix) + 6) continue; /* not "-old" folders */
+        size_t len = strlen(n);
+        bool tmp = len == plen + 6, claimed = len == plen + 6 + strlen(CLAIM_SUFFIX) && fm_ends_with(n, CLAIM_SUFFIX);
+        if (!fm_starts_with(n, prefix) || !(tmp || claimed)) continue; /* not "-old" folders */
         char *p = fm_path_join(parent, n);
-        if (p && fm_path_is_dir(p)) handle_leftover(p, force);
+        if (p && fm_path_is_dir(p) && tmp) handle_leftover(p, force);
+        else if (p && fm_path_is_dir(p)) remove_claimed(p);
         free(p);
     }
     if (d) closedir(d);
@@ -213,10 +321,7 @@ int od_prepare(const char *target, bool force, od_state *st, fm_err *e)
             st->tmp = tmpl;
             st->target = fm_strdup(target);
             write_owner(tmpl);
-            snprintf(g_cleanup, sizeof g_cleanup, "%s", tmpl);
-            signal(SIGINT, on_signal);
-            signal(SIGTERM, on_signal);
-            signal(SIGHUP, on_signal);
+            od_watch(tmpl);
         }
     }
     free(parent);
@@ -247,7 +352,7 @@ int od_commit(od_state *st, bool force, bool do_fsync, fm_err *e)
         free(old);
         return rc;
     }
-    g_cleanup[0] = '\0';
+    od_unwatch(); /* after the rename: a signal in between finds the folder gone (see on_signal) */
     if (old) fm_rmtree(old, NULL);
     free(old);
     free(st->tmp);
@@ -262,8 +367,11 @@ int od_commit(od_state *st, bool force, bool do_fsync, fm_err *e)
 
 void od_abort(od_state *st)
 {
-    if (st->tmp) fm_rmtree(st->tmp, NULL);
-    g_cleanup[0] = '\0';
+    od_unwatch();
+    /* claimed like a signal would, so as not to race a peer's handler; when
+     * the rename itself fails (the file system refuses renames: the commit
+     * failed the same way), in place: no commit can follow an abort */
+    if (st->tmp && !claim_and_remove(st->tmp) && fm_path_exists(st->tmp)) rm_entry(AT_FDCWD, st->tmp, 0);
     free(st->tmp);
     free(st->target);
     memset(st, 0, sizeof *st);

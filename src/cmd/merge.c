@@ -250,6 +250,7 @@ static int discover(run *r, fm_err *e)
     if (r->me == r->writer && od_prepare(o->output, o->force, &r->od, e) == 0) r->tmpdir = fm_strdup(od_temp_path(&r->od));
     FM_TRY(comm_agree_all(e, r->comm));
     FM_TRY(bcast_str(&r->tmpdir, r->writer, r->comm, e));
+    od_watch(r->tmpdir); /* every process removes it on a signal: the writer may be the one SIGKILLed */
     FM_TRY(choose_mode(r, e));
     return comm_agree_all(e, r->comm);
 }
@@ -1008,6 +1009,7 @@ static int finalize(run *r, fm_err *e)
     FM_TRY(verify_written(r, e));
     if (r->me == r->writer) od_commit(&r->od, r->o->force, !r->o->no_fsync, e);
     FM_TRY(comm_agree_all(e, r->comm));
+    od_unwatch(); /* committed: a late signal has nothing to remove */
     if (r->config) say(r, "  Copied config.json%s and the tokenizer files from %s\n",
                        r->o->architecture || !r->cfg.architecture[0] ? " (architectures set)" : "", r->layout.hf_dir);
     else if (r->dcp.on)
