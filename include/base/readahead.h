@@ -56,6 +56,10 @@ int ra_post(ra_reader *r, ra_file *f, const ra_range *ranges, size_t n, fm_err *
 int ra_get(ra_reader *r, const uint8_t *const **at, fm_err *e);
 /*! ra_done() : the request ra_get() returned is used; its slot is free. */
 void ra_done(ra_reader *r);
+/*! ra_drain() : waits for every request posted and not yet done and frees
+ *  its slot, so that the files they read may be closed (a caller that stops
+ *  at an error with a request still in flight). */
+void ra_drain(ra_reader *r);
 /*! ra_close() : waits for the thread and frees everything; accepts NULL. */
 void ra_close(ra_reader *r);
 

@@ -140,6 +140,40 @@ static void test_short_file(void **state)
     free(path);
 }
 
+/* An error with the next request still in flight: ra_drain() waits for it
+ * and frees both slots, so the file can be closed and the reader reused. */
+static void test_drain_after_error(void **state)
+{
+    (void)state;
+    char *path = make_file(".");
+    assert_non_null(path);
+    fm_err e = {0};
+    ra_file f = {0};
+    ra_reader *r = NULL;
+    assert_int_equal(ra_file_open(&f, path, &e), 0);
+    assert_int_equal(ra_open(&r, CAP, &e), 0);
+    ra_range past = {FILE_BYTES - 10, 20}, next = {4096, 100}, again = {7, 33};
+    const uint8_t *const *at;
+    assert_int_equal(ra_post(r, &f, &past, 1, &e), 0);
+    assert_int_equal(ra_post(r, &f, &next, 1, &e), 0);
+    assert_int_equal(ra_get(r, &at, &e), FM_EFORMAT);
+    ra_drain(r);
+    memset(&e, 0, sizeof e);
+    assert_int_equal(ra_post(r, &f, &again, 1, &e), 0); /* a slot is free again */
+    assert_int_equal(ra_post(r, &f, &next, 1, &e), 0);  /* and the other one */
+    assert_int_equal(ra_get(r, &at, &e), 0);            /* the oldest is the new one, not a stale result */
+    expect_ranges(at, &again, 1);
+    ra_done(r);
+    assert_int_equal(ra_get(r, &at, &e), 0);
+    expect_ranges(at, &next, 1);
+    ra_done(r);
+    ra_drain(r); /* nothing outstanding: returns at once */
+    ra_close(r);
+    ra_file_close(&f);
+    unlink(path);
+    free(path);
+}
+
 static void test_open_fails(void **state)
 {
     (void)state;
@@ -159,6 +193,7 @@ int main(void)
         cmocka_unit_test(test_disk),
         cmocka_unit_test(test_tmpfs),
         cmocka_unit_test(test_short_file),
+        cmocka_unit_test(test_drain_after_error),
         cmocka_unit_test(test_open_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

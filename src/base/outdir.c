@@ -282,8 +282,7 @@ static void scan_leftovers(const char *parent, const char *base, bool force)
         bool tmp = len == plen + 6, claimed = len == plen + 6 + strlen(CLAIM_SUFFIX) && fm_ends_with(n, CLAIM_SUFFIX);
         if (!fm_starts_with(n, prefix) || !(tmp || claimed)) continue; /* not "-old" folders */
         char *p = fm_path_join(parent, n);
-        if (p && fm_path_is_dir(p) && tmp) handle_leftover(p, force);
-        else if (p && fm_path_is_dir(p)) remove_claimed(p);
+        if (p && fm_path_is_dir(p)) tmp ? handle_leftover(p, force) : remove_claimed(p);
         free(p);
     }
     if (d) closedir(d);

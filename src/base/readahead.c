@@ -215,6 +215,17 @@ void ra_done(ra_reader *r)
     pthread_mutex_unlock(&r->mu);
 }
 
+void ra_drain(ra_reader *r)
+{
+    pthread_mutex_lock(&r->mu);
+    for (; r->got < r->posted; r->got++) {
+        ra_slot *s = &r->slot[r->got % 2];
+        while (s->state != SLOT_DONE) pthread_cond_wait(&r->cv, &r->mu);
+        s->state = SLOT_FREE;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 void ra_close(ra_reader *r)
 {
     if (r == NULL) return;

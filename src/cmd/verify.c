@@ -45,7 +45,8 @@ static int as_difference(int rc, fm_err *e)
 }
 
 /* CRC-32C of bytes [off, off+len) of f, two chunks of VF_SEGMENT in flight
- * (r has nothing outstanding before and after). */
+ * (r has nothing outstanding before and after, an error included: the
+ * caller closes f next). */
 static int crc_range(ra_reader *r, ra_file *f, uint64_t off, uint64_t len, uint32_t *crc, fm_err *e)
 {
     uint64_t posted = 0, done = 0;
@@ -67,6 +68,7 @@ static int crc_range(ra_reader *r, ra_file *f, uint64_t off, uint64_t len, uint3
             inflight--;
         }
     }
+    if (rc) ra_drain(r);
     *crc = c;
     return rc;
 }
